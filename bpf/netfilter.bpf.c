@@ -1,0 +1,46 @@
+/* One BPF netfilter program (BPF_PROG_TYPE_NETFILTER, kernel >= 6.4), linked
+ * at several hooks by tracer/nflink.py: PRE_ROUTING and LOCAL_OUT just after
+ * DNAT, FORWARD just before the filter table, LOCAL_IN and POST_ROUTING just
+ * after SNAT.  It sees the packet as NAT left it, with its conntrack entry,
+ * and the in/out devices the routing decision chose.  It never changes a
+ * verdict. */
+#include "skb.h"
+
+#define NF_ACCEPT 1
+
+static __always_inline u8 nf_hook_to_event_hook(u8 hook)
+{
+    switch (hook) {
+    case 0: return HOOK_NF_PRE;
+    case 1: return HOOK_NF_IN;
+    case 2: return HOOK_NF_FWD;
+    case 3: return HOOK_NF_OUT;
+    default: return HOOK_NF_POST;
+    }
+}
+
+int cntrace_netfilter(void *ctx)
+{
+    struct cntrace_event e = {};
+    u64 state = *(u64 *)((u64)ctx + OFF_NFCTX_STATE);
+    u64 skb = *(u64 *)((u64)ctx + OFF_NFCTX_SKB);
+    u64 in = 0, out = 0, net = 0;
+    u8 hook = 0;
+
+    READ_KERNEL(hook, state, OFF_NFSTATE_HOOK);
+    READ_KERNEL(in, state, OFF_NFSTATE_IN);
+    READ_KERNEL(out, state, OFF_NFSTATE_OUT);
+    e.kind = EVENT_PACKET;
+    e.hook = nf_hook_to_event_hook(hook);
+    read_device(in, &e.in_ifindex, &e.netns, 0);
+    read_device(out, &e.out_ifindex, &e.netns, 0);
+    /* The hook's own device: where the packet is (in) or is going (out). */
+    read_device(hook <= 2 ? in : out, &e.ifindex, &e.netns, e.ifname);
+    if (!e.netns) {
+        READ_KERNEL(net, state, OFF_NFSTATE_NET);
+        if (net)
+            READ_KERNEL(e.netns, net, OFF_NET_INUM);
+    }
+    emit_skb_event(ctx, &e, skb, 0);
+    return NF_ACCEPT;
+}

@@ -1,0 +1,138 @@
+"""Command line: `cntrace SUBCOMMAND` and `trace-ping`.
+
+Every CntraceError becomes one line on stderr and its documented exit code
+(README.md, "Exit codes"); no traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tracer import __version__
+from tracer.errors import CntraceError, UsageError
+
+EPILOG_EVENTS = """examples:
+  cntrace events                        every packet on every device, attributed
+  cntrace events -c web -p tcp --port 80   one container's HTTP traffic
+  cntrace events -a 198.51.100.2 --json  one peer, NAT included, as JSON lines
+  cntrace events -c web -d 10           ten seconds of one container
+"""
+
+EPILOG_TOPOLOGY = """examples:
+  cntrace topology          containers, veth pairs, bridges and networks
+  cntrace topology --json   the same for machines
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage is a UsageError (one line, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cntrace",
+        description="Live eBPF tracer for container networking on Docker hosts.",
+    )
+    parser.add_argument("--version", action="version", version=f"cntrace {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    events = sub.add_parser(
+        "events",
+        help="live per-packet stream, attributed to containers",
+        epilog=EPILOG_EVENTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    events.add_argument("-c", "--container", action="append", default=[],
+                        help="only packets of this container (name or ID prefix); repeatable")
+    events.add_argument("-a", "--address", action="append", default=[],
+                        help="only packets from or to this IP (NAT-aware); repeatable")
+    events.add_argument("-p", "--proto", help="tcp, udp, icmp, icmp6 or sctp")
+    events.add_argument("--port", help="TCP/UDP/SCTP source or destination port")
+    events.add_argument("--no-drops", action="store_true", help="leave out kfree_skb drops")
+    events.add_argument("-d", "--duration", type=float, help="stop after SECONDS")
+    events.add_argument("-n", "--count", type=int, help="stop after N events")
+    events.add_argument("--ringbuf-pages", type=int, default=256,
+                        help="ring buffer size in pages, a power of 2 (default 256)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    topo = sub.add_parser(
+        "topology",
+        help="containers, their veth pairs, bridges and networks",
+        epilog=EPILOG_TOPOLOGY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    topo.add_argument("--json", action="store_true", help="JSON output")
+
+    testbed = sub.add_parser(
+        "testbed",
+        help="the demo/test setup: two containers on docker0, one on a user network, "
+        "a 'wan' namespace on 198.51.100.0/24",
+    )
+    testbed.add_argument("action", choices=("up", "down", "status"))
+    testbed.add_argument("--json", action="store_true", help="JSON output")
+    return parser
+
+
+def _run_events(args: argparse.Namespace) -> int:
+    from tracer import events, filters
+
+    if args.ringbuf_pages < 1 or args.ringbuf_pages & (args.ringbuf_pages - 1):
+        raise UsageError(f"--ringbuf-pages {args.ringbuf_pages}: must be a power of 2")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration {args.duration}: must be positive")
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"--count {args.count}: must be positive")
+    spec = filters.FilterSpec(
+        containers=tuple(args.container),
+        addresses=tuple(filters.parse_address(a) for a in args.address),
+        proto=filters.parse_proto(args.proto) if args.proto else None,
+        port=filters.parse_port(args.port) if args.port is not None else None,
+        drops=not args.no_drops,
+    )
+    options = events.StreamOptions(
+        spec=spec, as_json=args.json, duration=args.duration, count=args.count,
+        ringbuf_pages=args.ringbuf_pages,
+    )
+    return events.run(options)
+
+
+def _run_topology(args: argparse.Namespace) -> int:
+    from tracer import topology
+
+    topo = topology.discover(topology.docker_client())
+    if args.json:
+        print(json.dumps(topo.to_dict(), indent=2))
+    else:
+        print(topology.format_text(topo))
+    return 0
+
+
+def _run_testbed(args: argparse.Namespace) -> int:
+    from tracer import testbed
+
+    return testbed.command(args.action, as_json=args.json)
+
+
+COMMANDS = {"events": _run_events, "topology": _run_topology, "testbed": _run_testbed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except CntraceError as exc:
+        print(f"cntrace: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def trace_ping_main(argv: Sequence[str] | None = None) -> int:
+    return main(["ping", *(sys.argv[1:] if argv is None else argv)])

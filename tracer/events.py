@@ -1,0 +1,137 @@
+"""The live event stream: read the ring buffer, decode, attribute, print.
+
+Events are what was asked for (the filter runs in the kernel); losses are
+counted in the kernel (ring buffer full) and here (undecodable records) and
+always reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from tracer import filters, loader, output, topology, wire
+from tracer.attribution import Attributor
+
+
+class EventReader:
+    """Decoded events from a loaded Tracer's ring buffer."""
+
+    def __init__(self, tracer: loader.Tracer) -> None:
+        self._tracer = tracer
+        self._pending: list[wire.Event] = []
+        self.decoded = 0
+        self.decode_errors = 0
+        tracer["events"].open_ring_buffer(self._on_record)
+
+    def _on_record(self, _ctx, data, size) -> int:
+        try:
+            self._pending.append(wire.decode(ctypes.string_at(data, size)))
+            self.decoded += 1
+        except wire.DecodeError:
+            self.decode_errors += 1
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> list[wire.Event]:
+        self._tracer.bpf.ring_buffer_poll(timeout_ms)
+        events, self._pending = self._pending, []
+        return events
+
+    def kernel_stats(self) -> dict[str, int]:
+        values = self._tracer["stats"]
+        return {
+            "emitted": sum(values[ctypes.c_int(wire.STAT_EMITTED)]),
+            "lost": sum(values[ctypes.c_int(wire.STAT_LOST)]),
+        }
+
+
+@dataclass
+class StreamOptions:
+    spec: filters.FilterSpec
+    as_json: bool = False
+    duration: float | None = None
+    count: int | None = None
+    ringbuf_pages: int = 256
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(_signum, _frame) -> None:
+    raise _Stop
+
+
+def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """`cntrace events`.  Errors before the stream starts are CntraceErrors."""
+    loader.check_privileges()
+    client = topology.docker_client()
+    kernel_filter = filters.resolve(options.spec, topology.discover(client))
+    tracer = loader.load(ringbuf_pages=options.ringbuf_pages)
+    stats = {"emitted": 0, "lost": 0}
+    reader = None
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        filters.install(kernel_filter, tracer)
+        attributor = Attributor(
+            lambda: topology.discover(client), tracer.drop_reasons, tracer.symbolize
+        )
+        for hook in tracer.hooks:
+            if not hook.attached:
+                print(f"cntrace: {hook.name} not attached: {hook.detail}", file=err)
+        reader = EventReader(tracer)
+        _stream(reader, attributor, options, out, err)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    except BrokenPipeError:
+        sys.stdout = None  # the reader went away: nothing left to print to
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if reader is not None:
+            stats = reader.kernel_stats()
+            print(
+                f"cntrace: {reader.decoded} events, {stats['lost']} lost in the kernel "
+                f"(ring buffer full), {reader.decode_errors} undecodable",
+                file=err,
+            )
+        tracer.close()
+    return 0
+
+
+def _stream(
+    reader: EventReader,
+    attributor: Attributor,
+    options: StreamOptions,
+    out: TextIO,
+    err: TextIO,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    deadline = clock() + options.duration if options.duration else None
+    t0_ns = None
+    printed = 0
+    lost_reported = 0
+    if not options.as_json:
+        print(output.HEADER, file=out, flush=True)
+    while deadline is None or clock() < deadline:
+        for event in reader.poll(100):
+            item = attributor.attribute(event)
+            if options.as_json:
+                print(json.dumps(output.to_dict(item)), file=out)
+            else:
+                t0_ns = t0_ns or event.ts_ns
+                print(output.format_text(item, t0_ns), file=out)
+            printed += 1
+            if options.count and printed >= options.count:
+                out.flush()
+                return
+        out.flush()
+        lost = reader.kernel_stats()["lost"]
+        if lost > lost_reported:
+            print(f"cntrace: {lost - lost_reported} events lost (ring buffer full)", file=err)
+            lost_reported = lost

@@ -1,0 +1,200 @@
+"""Compile bpf/*.bpf.c with bcc and attach every hook, reporting each one.
+
+Hooks are probed, not assumed: each attach is tried and its outcome recorded
+as a HookStatus (what is attached, what is missing and why), so a kernel
+without BPF netfilter links still traces devices and drops, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer import nflink
+from tracer.btf import Btf
+from tracer.errors import KernelFeatureError, PrivilegeError
+from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+if not BPF_DIR.is_dir():  # installed layout: bpf/ shipped inside the package
+    BPF_DIR = Path(__file__).resolve().parent / "bpf"
+
+# bcc's frontend rewrites map calls only in the main file, so local headers
+# are inlined here instead of left to the preprocessor.
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
+
+RAW_TRACEPOINTS = {
+    # tracepoint: (BPF function, what is lost without it)
+    "net_dev_start_xmit": ("cntrace_dev_xmit", "packets leaving devices"),
+    "netif_receive_skb": ("cntrace_dev_receive", "packets arriving on devices"),
+    "kfree_skb": ("cntrace_drop", "drops and their reasons"),
+}
+
+# (pf, hook, priority): right after DNAT (-100) on the way in, just before the
+# filter table (0) in FORWARD, right after SNAT (100) on the way out.
+NETFILTER_HOOKS = tuple(
+    (pf, hook, priority)
+    for pf in (nflink.NFPROTO_IPV4, nflink.NFPROTO_IPV6)
+    for hook, priority in (
+        (nflink.NF_INET_PRE_ROUTING, -99),
+        (nflink.NF_INET_LOCAL_IN, 101),
+        (nflink.NF_INET_FORWARD, -1),
+        (nflink.NF_INET_LOCAL_OUT, -99),
+        (nflink.NF_INET_POST_ROUTING, 101),
+    )
+)
+NETFILTER_FUNCTION = "cntrace_netfilter"
+
+
+@dataclass(frozen=True)
+class HookStatus:
+    name: str           # e.g. "raw_tracepoint:kfree_skb", "netfilter:ipv4:POSTROUTING"
+    attached: bool
+    detail: str         # why it is missing, or what it gives
+
+    def to_dict(self) -> dict:
+        return {"hook": self.name, "attached": self.attached, "detail": self.detail}
+
+
+def check_privileges() -> None:
+    """Root, or the capabilities BPF tracing needs (CAP_BPF + CAP_PERFMON +
+    CAP_NET_ADMIN, or CAP_SYS_ADMIN)."""
+    if os.geteuid() == 0:
+        return
+    cap_eff = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                cap_eff = int(line.split()[1], 16)
+    except OSError:
+        pass
+    cap_sys_admin, cap_net_admin, cap_perfmon, cap_bpf = 21, 12, 38, 39
+    needed = (1 << cap_bpf) | (1 << cap_perfmon) | (1 << cap_net_admin)
+    if cap_eff & (1 << cap_sys_admin) or cap_eff & needed == needed:
+        return
+    raise PrivilegeError("cntrace needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")
+
+
+def program_source(bpf_dir: Path = BPF_DIR) -> str:
+    """All bpf/*.bpf.c as one translation unit, local headers inlined once."""
+    seen: set[str] = set()
+
+    def inline(text: str) -> str:
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            if name in seen:
+                return ""
+            seen.add(name)
+            return inline((bpf_dir / name).read_text())
+
+        return _LOCAL_INCLUDE.sub(replace, text)
+
+    return "\n".join(inline(path.read_text()) for path in sorted(bpf_dir.glob("*.bpf.c")))
+
+
+@dataclass
+class Tracer:
+    """The loaded BPF object: its maps, attached hooks and their status."""
+
+    bpf: object
+    layout: KernelLayout
+    drop_reasons: dict[int, str] = field(default_factory=dict)
+    hooks: list[HookStatus] = field(default_factory=list)
+    _link_fds: list[int] = field(default_factory=list)
+
+    def __getitem__(self, map_name: str):
+        return self.bpf[map_name]
+
+    @property
+    def attached(self) -> list[HookStatus]:
+        return [h for h in self.hooks if h.attached]
+
+    def symbolize(self, address: int) -> str:
+        return self.bpf.ksym(address, show_offset=True).decode(errors="replace")
+
+    def close(self) -> None:
+        for fd in self._link_fds:
+            os.close(fd)
+        self._link_fds.clear()
+        self.bpf.cleanup()
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(
+    btf_path: str = "/sys/kernel/btf/vmlinux",
+    ringbuf_pages: int = 256,
+    tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
+    netfilter: bool = True,
+) -> Tracer:
+    """Compile, load and attach; KernelFeatureError if nothing can attach."""
+    check_privileges()
+    with Btf.vmlinux(btf_path) as btf:
+        layout = resolve(btf)
+        reasons = drop_reasons(btf)
+    from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
+
+    cflags = [*layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"]
+    try:
+        bpf = BPF(text=program_source(), cflags=cflags)
+    except Exception as exc:  # bcc raises bare Exception on compile/load failure
+        raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
+    tracer = Tracer(bpf, layout, reasons)
+    try:
+        for name in tracepoints:
+            tracer.hooks.append(_attach_raw_tracepoint(bpf, name))
+        if netfilter:
+            tracer.hooks.extend(_attach_netfilter(tracer))
+    except BaseException:
+        tracer.close()
+        raise
+    if not tracer.attached:
+        tracer.close()
+        missing = "; ".join(f"{h.name}: {h.detail}" for h in tracer.hooks)
+        raise KernelFeatureError(f"no BPF hook could be attached ({missing})")
+    return tracer
+
+
+def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
+    function, gives = RAW_TRACEPOINTS[name]
+    hook = f"raw_tracepoint:{name}"
+    try:
+        bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=function.encode())
+    except Exception as exc:
+        return HookStatus(hook, False, f"cannot attach ({exc}); lost: {gives}")
+    return HookStatus(hook, True, gives)
+
+
+def _attach_netfilter(tracer: Tracer) -> list[HookStatus]:
+    names = [
+        f"netfilter:{'ipv4' if pf == nflink.NFPROTO_IPV4 else 'ipv6'}:{nflink.HOOK_NAMES[hook]}"
+        for pf, hook, _ in NETFILTER_HOOKS
+    ]
+    lost = "lost: NAT translations and routing (in/out device) at this hook"
+    if not tracer.layout.has_netfilter_programs:
+        why = "kernel BTF has no bpf_nf_ctx: BPF netfilter programs need kernel >= 6.4"
+        return [HookStatus(n, False, f"{why}; {lost}") for n in names]
+    try:
+        function = tracer.bpf.load_func(
+            NETFILTER_FUNCTION, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
+        )
+    except Exception as exc:
+        why = f"the kernel refused the netfilter program ({exc})"
+        return [HookStatus(n, False, f"{why}; {lost}") for n in names]
+    statuses = []
+    for name, (pf, hook, priority) in zip(names, NETFILTER_HOOKS, strict=True):
+        try:
+            tracer._link_fds.append(nflink.link_create(function.fd, pf, hook, priority))
+        except OSError as exc:
+            statuses.append(HookStatus(name, False, f"BPF_LINK_CREATE failed: {exc}; {lost}"))
+            continue
+        statuses.append(HookStatus(name, True, f"priority {priority}"))
+    return statuses
+
