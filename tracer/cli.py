@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Live eBPF tracer for container networking on Docker hosts.",
     )
     parser.add_argument("--version", action="version", version=f"cntrace {__version__}")
+    parser.add_argument("--kernel-btf", default="/sys/kernel/btf/vmlinux", metavar="PATH",
+                        help="BTF of the running kernel (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -98,7 +100,7 @@ def _run_events(args: argparse.Namespace) -> int:
     )
     options = events.StreamOptions(
         spec=spec, as_json=args.json, duration=args.duration, count=args.count,
-        ringbuf_pages=args.ringbuf_pages,
+        ringbuf_pages=args.ringbuf_pages, btf_path=args.kernel_btf,
     )
     return events.run(options)
 

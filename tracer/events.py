@@ -58,6 +58,7 @@ class StreamOptions:
     duration: float | None = None
     count: int | None = None
     ringbuf_pages: int = 256
+    btf_path: str = loader.DEFAULT_BTF
 
 
 class _Stop(Exception):
@@ -71,9 +72,10 @@ def _raise_stop(_signum, _frame) -> None:
 def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """`cntrace events`.  Errors before the stream starts are CntraceErrors."""
     loader.check_privileges()
+    kernel = loader.read_kernel(options.btf_path)
     client = topology.docker_client()
     kernel_filter = filters.resolve(options.spec, topology.discover(client))
-    tracer = loader.load(ringbuf_pages=options.ringbuf_pages)
+    tracer = loader.load(kernel, ringbuf_pages=options.ringbuf_pages)
     stats = {"emitted": 0, "lost": 0}
     reader = None
     previous_term = signal.signal(signal.SIGTERM, _raise_stop)
@@ -86,6 +88,8 @@ def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             if not hook.attached:
                 print(f"cntrace: {hook.name} not attached: {hook.detail}", file=err)
         reader = EventReader(tracer)
+        print(f"cntrace: tracing on {len(tracer.attached)}/{len(tracer.hooks)} hooks; "
+              "Ctrl-C stops", file=err, flush=True)
         _stream(reader, attributor, options, out, err)
     except (KeyboardInterrupt, _Stop):
         pass

@@ -62,11 +62,11 @@ class KernelLayout:
 
     @property
     def has_conntrack(self) -> bool:
-        return "OFF_SKB_NFCT" in self.offsets and CONNTRACK_MACROS <= self.offsets.keys()
+        return "OFF_SKB_NFCT" in self.offsets and self.offsets.keys() >= CONNTRACK_MACROS
 
     @property
     def has_netfilter_programs(self) -> bool:
-        return NETFILTER_MACROS <= self.offsets.keys()
+        return self.offsets.keys() >= NETFILTER_MACROS
 
     def cflags(self) -> list[str]:
         """-D flags for bcc.  Conntrack reads compile in only when every

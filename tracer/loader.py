@@ -47,6 +47,7 @@ NETFILTER_HOOKS = tuple(
     )
 )
 NETFILTER_FUNCTION = "cntrace_netfilter"
+DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 
 
 @dataclass(frozen=True)
@@ -128,25 +129,37 @@ class Tracer:
         self.close()
 
 
+@dataclass(frozen=True)
+class KernelInfo:
+    """What the running kernel's BTF tells the loader."""
+
+    layout: KernelLayout
+    drop_reasons: dict[int, str]
+
+
+def read_kernel(btf_path: str = DEFAULT_BTF) -> KernelInfo:
+    """Cheap (~20 ms) and done first, so a kernel without BTF fails before
+    anything else is asked of it."""
+    with Btf.vmlinux(btf_path) as btf:
+        return KernelInfo(resolve(btf), drop_reasons(btf))
+
+
 def load(
-    btf_path: str = "/sys/kernel/btf/vmlinux",
+    kernel: KernelInfo,
     ringbuf_pages: int = 256,
     tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
     netfilter: bool = True,
 ) -> Tracer:
     """Compile, load and attach; KernelFeatureError if nothing can attach."""
     check_privileges()
-    with Btf.vmlinux(btf_path) as btf:
-        layout = resolve(btf)
-        reasons = drop_reasons(btf)
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
-    cflags = [*layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"]
+    cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}"]
     try:
         bpf = BPF(text=program_source(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile/load failure
         raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
-    tracer = Tracer(bpf, layout, reasons)
+    tracer = Tracer(bpf, kernel.layout, kernel.drop_reasons)
     try:
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(bpf, name))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tracer.attribution import AttributedEvent
-from tracer.topology import ROLE_BRIDGE, ROLE_CONTAINER, ROLE_VETH_HOST
+from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST
 from tracer.wire import Event
 
 HOOK_COLUMN = {

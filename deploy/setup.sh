@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Set up everything cntrace needs on a Debian 12 host, then run something.
+#
+#   deploy/setup.sh          set up only
+#   deploy/setup.sh run      set up, then the main job: with no Docker engine
+#                            running, a local demo testbed first; then the
+#                            topology and the live event stream (Ctrl-C stops)
+#   deploy/setup.sh test     set up, then the whole test suite
+#
+# Idempotent: each step checks before it changes anything.  Run as root.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV=/opt/cntrace/venv
+APT_PACKAGES=(
+    bpfcc-tools python3-bpfcc libbpfcc libbpf1 bpftool  # bcc, libbpf (BTF), bpftool (tests)
+    docker.io iptables conntrack iproute2 busybox-static # the Docker host and its tools
+    python3-venv python3-pip kmod                        # Debian's python3 sees bcc
+    iperf3 tcpdump                                       # tests and benchmarks
+)
+PY_TEST_PACKAGES=(pytest hypothesis ruff)
+
+log() { echo "setup: $*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: must run as root (BPF, netfilter and Docker need it)" >&2
+        exit 3
+    fi
+}
+
+install_apt_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# bcc compiles against a kernel header tree.  When the running kernel ships
+# none (no /lib/modules/$(uname -r)/build, no CONFIG_IKHEADERS), link Debian's
+# newest header package: it only has to compile, because every kernel struct
+# offset cntrace uses comes from BTF (tracer/kernel_layout.py), not headers.
+install_kernel_headers() {
+    local moddir="/lib/modules/$(uname -r)"
+    if [ -e "$moddir/build/include/linux/kconfig.h" ] || [ -e "$moddir/source/include/linux/kconfig.h" ] \
+        || [ -e /sys/kernel/kheaders.tar.xz ]; then
+        return
+    fi
+    local arch
+    arch="$(dpkg --print-architecture)"
+    if ! ls -d /usr/src/linux-headers-*-"$arch" >/dev/null 2>&1; then
+        log "installing linux-headers-$arch for bcc (running kernel ships no headers)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$arch" >/dev/null
+    fi
+    local build common
+    build="$(ls -d /usr/src/linux-headers-*-"$arch" | grep -v -e cloud -e rt | sort -V | tail -1)"
+    common="${build%-"$arch"}-common"
+    mkdir -p "$moddir"
+    ln -sfn "$build" "$moddir/build"
+    ln -sfn "$common" "$moddir/source"
+    log "linked $build (+ -common) as $moddir/build and /source for bcc"
+}
+
+mount_filesystems() {
+    mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
+install_python() {
+    # Debian's /usr/bin/python3 is the one that sees python3-bpfcc.
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO" "${PY_TEST_PACKAGES[@]}" \
+        2> >(grep -v -e "^WARNING: Location" >&2)
+    for cmd in cntrace trace-ping; do
+        ln -sfn "$VENV/bin/$cmd" "/usr/local/bin/$cmd"
+    done
+}
+
+setup() {
+    need_root
+    install_apt_packages
+    install_kernel_headers
+    mount_filesystems
+    install_python
+}
+
+run_main_job() {
+    if ! docker info >/dev/null 2>&1; then
+        log "no Docker engine running: starting the demo testbed (cntrace testbed down removes it)"
+        cntrace testbed up --traffic
+    fi
+    cntrace topology
+    exec cntrace events
+}
+
+run_tests() {
+    cd "$REPO"
+    local status=0
+    "$VENV/bin/python" -m pytest -v -rs tests || status=$?
+    [ "$status" -eq 5 ] && { echo "setup: no tests collected" >&2; exit 1; }
+    exit "$status"
+}
+
+setup
+case "${1:-}" in
+    "") log "done: cntrace and trace-ping are on PATH" ;;
+    run) run_main_job ;;
+    test) run_tests ;;
+    *) echo "usage: deploy/setup.sh [run|test]" >&2; exit 2 ;;
+esac
