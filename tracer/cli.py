@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     testbed.add_argument("action", choices=("up", "down", "status"))
     testbed.add_argument("--json", action="store_true", help="JSON output")
+    testbed.add_argument("--traffic", action="store_true",
+                         help="with up: background pings a -> b and a -> wan, for a demo")
     return parser
 
 
@@ -119,7 +121,7 @@ def _run_topology(args: argparse.Namespace) -> int:
 def _run_testbed(args: argparse.Namespace) -> int:
     from tracer import testbed
 
-    return testbed.command(args.action, as_json=args.json)
+    return testbed.command(args.action, as_json=args.json, traffic=args.traffic)
 
 
 COMMANDS = {"events": _run_events, "topology": _run_topology, "testbed": _run_testbed}

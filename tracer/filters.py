@@ -74,7 +74,8 @@ def resolve(spec: FilterSpec, topology: Topology) -> KernelFilter:
     for ref in spec.containers:
         container = topology.find_container(ref)
         result.netns.add(container.netns)
-        result.addresses.update(str(ipaddress.ip_address(ip)) for ip in container.networks.values())
+        ips = [*container.networks.values(), *container.ipv6.values()]
+        result.addresses.update(str(ipaddress.ip_address(ip)) for ip in ips if ip)
         result.ifaces.update(
             (iface.netns, iface.ifindex)
             for iface in topology.interfaces.values()

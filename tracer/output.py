@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tracer.attribution import AttributedEvent
 from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST
-from tracer.wire import Event
+from tracer.wire import PROTOCOLS, Event
 
 HOOK_COLUMN = {
     "tx": "tx", "rx": "rx", "PREROUTING": "PRE", "INPUT": "IN", "FORWARD": "FWD",
@@ -14,10 +14,16 @@ HOOK_COLUMN = {
 ICMP_NAMES = {
     (1, 0): "echo-reply", (1, 8): "echo", (1, 3): "unreach", (1, 11): "ttl-exceeded",
     (58, 128): "echo", (58, 129): "echo-reply", (58, 1): "unreach", (58, 3): "hop-exceeded",
+    (58, 133): "router-solicit", (58, 134): "router-advert", (58, 135): "neigh-solicit",
+    (58, 136): "neigh-advert", (58, 143): "mld-report",
 }
+ECHO_TYPES = {(1, 0), (1, 8), (58, 128), (58, 129)}
+# IPv6 next headers that are not transports (extension headers are not walked).
+OTHER_PROTOCOLS = {0: "ipv6-hopopts", 43: "ipv6-route", 44: "ipv6-frag", 50: "esp", 51: "ah"}
 TCP_FLAGS = "FSRPAUEC"
 
-HEADER = f"{'TIME(s)':<10} {'WHERE':<20} {'HOOK':<4} PACKET"
+WHERE_WIDTH = 24
+HEADER = f"{'TIME(s)':<9} {'WHERE':<{WHERE_WIDTH}} {'HOOK':<4} PACKET"
 
 
 def where(item: AttributedEvent) -> str:
@@ -40,14 +46,15 @@ def packet_summary(event: Event) -> str:
     proto = event.proto_name
     if event.proto in (1, 58):
         kind = ICMP_NAMES.get((event.proto, event.icmp_type), f"type {event.icmp_type}")
-        detail = f"{kind} {event.sport}/{event.dport}"
-        if event.inner_proto:
-            detail = f"{kind} code {event.icmp_code} for {event.sport}/{event.dport}"
-        return f"{event.src} > {event.dst} {proto} {detail}"
+        if event.inner_proto:  # an error: the quoted packet goes on a detail line
+            return f"{event.src} > {event.dst} {proto} {kind}/{event.icmp_code}"
+        if (event.proto, event.icmp_type) in ECHO_TYPES:
+            return f"{event.src} > {event.dst} {proto} {kind} {event.sport}/{event.dport}"
+        return f"{event.src} > {event.dst} {proto} {kind}"
     if event.proto in (6, 17, 132):
         text = f"{event.src}:{event.sport} > {event.dst}:{event.dport} {proto}"
         return text + (f" {tcp_flags(event.tcp_flags)}" if event.proto == 6 else "")
-    return f"{event.src} > {event.dst} {proto}"
+    return f"{event.src} > {event.dst} {OTHER_PROTOCOLS.get(event.proto, proto)}"
 
 
 def nat_detail(event: Event) -> str | None:
@@ -69,21 +76,29 @@ def nat_detail(event: Event) -> str | None:
     return ", ".join(parts) or None
 
 
+def _fit(text: str, width: int) -> str:
+    return f"{text:<{width}}" if len(text) <= width else text[: width - 1] + "~"
+
+
 def format_text(item: AttributedEvent, t0_ns: int) -> str:
     event = item.event
     seconds = (event.ts_ns - t0_ns) / 1e9
     line = (
-        f"{seconds:<10.6f} {where(item)[:20]:<20} {HOOK_COLUMN.get(event.hook, event.hook):<4} "
+        f"{seconds:<9.6f} {_fit(where(item), WHERE_WIDTH)} "
+        f"{HOOK_COLUMN.get(event.hook, event.hook):<4} "
         f"{packet_summary(event)}"
     )
     details = []
+    if event.inner_proto:
+        quoted = PROTOCOLS.get(event.inner_proto, str(event.inner_proto))
+        details.append(f"about {quoted} {event.sport} > {event.dport}")
     nat = nat_detail(event)
     if nat:
         details.append(nat)
     if event.is_drop:
         at = f" at {item.drop_location}" if item.drop_location else ""
         details.append(f"dropped: {item.drop_reason}{at}")
-    return "\n".join([line, *(f"{'':10} `- {d}" for d in details)])
+    return "\n".join([line, *(f"{'':9} `- {d}" for d in details)])
 
 
 def to_dict(item: AttributedEvent) -> dict:

@@ -674,13 +674,27 @@ def _format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def command(action: str, as_json: bool = False, state_dir: str = STATE_DIR) -> int:
+def start_demo_traffic(client: docker.DockerClient, info: TestbedInfo) -> None:
+    """Slow background pings from container a, so the demo has something to
+    show: a -> b over docker0, and a -> wan through MASQUERADE.  They end
+    with the containers."""
+    a, b = info.containers["a"], info.containers["b"]
+    for dst, allowed in ((b.ip, [b.bridge]), (info.wan_ip, [info.wan_host_ifname])):
+        check_route(dst, allowed)
+        client.containers.get(a.name).exec_run(["ping", "-i", "2", dst], detach=True)
+
+
+def command(
+    action: str, as_json: bool = False, state_dir: str = STATE_DIR, traffic: bool = False
+) -> int:
     """`cntrace testbed up|down|status`. Raises CntraceError subclasses on failure."""
     engine = DockerEngine(state_dir=state_dir)
     engine.adopt()  # a dockerd an earlier `up` started stays ours to stop
     testbed = Testbed(engine=engine, state_dir=state_dir)
     if action == "up":
         info = testbed.up()
+        if traffic:
+            start_demo_traffic(engine.ensure_running(), info)
         print(json.dumps(asdict(info), indent=2) if as_json else _format_info(info))
         return 0
     if action == "down":

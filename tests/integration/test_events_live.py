@@ -27,7 +27,7 @@ def find(events, **want):
 def test_ping_between_containers_is_seen_at_every_hop(testbed, docker_client):
     a, b = testbed.containers["a"], testbed.containers["b"]
     ha, hb = hops_of(a), hops_of(b)
-    host = netns_inode(1)
+    host = netns_inode()
     bridge = link(ha["bridge"])
 
     def send():

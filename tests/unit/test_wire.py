@@ -18,7 +18,7 @@ C_TYPES = {
 
 def c_struct_fields(name: str) -> list[tuple[str, object]]:
     """(field, ctypes type) in declaration order, parsed from the C header."""
-    body = re.search(r"struct %s \{(.*?)\n\};" % name, HEADER, re.S).group(1)
+    body = re.search(r"struct " + name + r" \{(.*?)\n\};", HEADER, re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields = []
     for ctype, names in re.findall(r"^\s*(u8|u16|u32|u64|char)\s+([^;]+);", body, re.M):
