@@ -211,19 +211,20 @@ static __always_inline int filter_match(struct cntrace_event *e)
     struct filter_config *cfg = filter_config.lookup(&zero);
     if (!cfg || !cfg->flags)
         return 1;
+    /* An ICMP error is matched by the packet it quotes, so a filter on a
+     * UDP port also passes the "port unreachable" that answers it. */
+    u8 proto = e->inner_proto ? e->inner_proto : e->proto;
     if ((cfg->flags & FILTER_NO_DROPS) && e->kind == EVENT_DROP)
         return 0;
-    if ((cfg->flags & FILTER_PROTO) && e->proto != cfg->proto)
+    if ((cfg->flags & FILTER_PROTO) && proto != cfg->proto)
         return 0;
     if (cfg->flags & FILTER_PORT) {
-        u8 proto = e->inner_proto ? e->inner_proto : e->proto;
         if (proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP)
             return 0;
         if (e->sport != cfg->port && e->dport != cfg->port)
             return 0;
     }
     if (cfg->flags & FILTER_ICMP_ID) {
-        u8 proto = e->inner_proto ? e->inner_proto : e->proto;
         if (proto != PROTO_ICMP && proto != PROTO_ICMPV6)
             return 0;
         if (e->sport != cfg->icmp_id)

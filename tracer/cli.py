@@ -21,6 +21,14 @@ EPILOG_EVENTS = """examples:
   cntrace events -c web -d 10           ten seconds of one container
 """
 
+EPILOG_PING = """examples:
+  trace-ping web db                 ICMP echo from container web to container db
+  trace-ping web 198.51.100.2       to an outside address, through MASQUERADE
+  trace-ping web db --tcp 5432      a TCP connect to db's port 5432
+  trace-ping netns:wan 198.51.100.1:8080   to a published port (DNAT)
+exit codes: 0 reachable, 1 not reachable (diagnosed), 2 bad input, 3-5 environment
+"""
+
 EPILOG_TOPOLOGY = """examples:
   cntrace topology          containers, veth pairs, bridges and networks
   cntrace topology --json   the same for machines
@@ -72,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topo.add_argument("--json", action="store_true", help="JSON output")
 
+    ping = sub.add_parser(
+        "ping",
+        help="trace one probe from a container to a container or address, hop by hop",
+        epilog=EPILOG_PING,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ping.add_argument("source", metavar="SRC", help="container (name or ID prefix), 'host', "
+                      "or netns:NAME")
+    ping.add_argument("destination", metavar="DST",
+                      help="container, IP address, or ADDRESS:PORT (TCP)")
+    ping.add_argument("-c", "--count", type=int, default=1, help="probes to send (default 1)")
+    ping.add_argument("-t", "--timeout", type=float, default=1.0,
+                      help="seconds to wait for each answer (default 1)")
+    proto = ping.add_mutually_exclusive_group()
+    proto.add_argument("--tcp", metavar="PORT", help="TCP connect to PORT instead of ICMP echo")
+    proto.add_argument("--udp", metavar="PORT", help="a UDP datagram to PORT")
+    ping.add_argument("--json", action="store_true", help="the same facts as JSON")
+
     testbed = sub.add_parser(
         "testbed",
         help="the demo/test setup: two containers on docker0, one on a user network, "
@@ -118,13 +144,28 @@ def _run_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ping(args: argparse.Namespace) -> int:
+    from tracer import ping
+
+    return ping.run(ping.Request(
+        source=args.source, destination=args.destination, count=args.count,
+        timeout=args.timeout, tcp=args.tcp, udp=args.udp, as_json=args.json,
+        btf_path=args.kernel_btf,
+    ))
+
+
 def _run_testbed(args: argparse.Namespace) -> int:
     from tracer import testbed
 
     return testbed.command(args.action, as_json=args.json, traffic=args.traffic)
 
 
-COMMANDS = {"events": _run_events, "topology": _run_topology, "testbed": _run_testbed}
+COMMANDS = {
+    "events": _run_events,
+    "topology": _run_topology,
+    "ping": _run_ping,
+    "testbed": _run_testbed,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,4 +180,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def trace_ping_main(argv: Sequence[str] | None = None) -> int:
+    """`trace-ping ...` is `cntrace ping ...`."""
     return main(["ping", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,220 @@
+"""trace-ping's own probes, sent from inside the source's network namespace.
+
+A socket keeps the netns it was created in, so a short-lived thread enters the
+netns (setns affects only the calling thread), opens the socket and leaves;
+the socket is then used from the main thread.  No binary is needed inside the
+container.  Each probe carries an identity the kernel filter can match: a
+random ICMP echo identifier, or the TCP/UDP source port we bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def open_socket(netns_path: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket in the netns at `netns_path` (None: our own)."""
+    if netns_path is None:
+        return socket.socket(family, kind, proto)
+    result: dict[str, object] = {}
+
+    def enter_and_open() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result["socket"] = socket.socket(family, kind, proto)
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=enter_and_open, name="cntrace-setns")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["socket"]  # type: ignore[return-value]
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@dataclass
+class Outcome:
+    """What the source's socket saw for one probe."""
+
+    seq: int
+    sent_ns: int                     # CLOCK_MONOTONIC, the clock BPF timestamps use
+    rtt_ns: int | None = None        # nanoseconds, when an answer came back
+    error: str | None = None         # e.g. "connection refused", "no route to host"
+    icmp_error: tuple[int, int] | None = None   # (type, code) of an ICMP error for it
+
+
+class Probe:
+    """Base: one socket, a filter identity, outcomes by sequence number."""
+
+    sock: socket.socket
+
+    def __init__(self, netns_path: str | None, dst: str, port: int | None) -> None:
+        self.netns_path = netns_path
+        self.dst = dst
+        self.port = port
+        self.outcomes: dict[int, Outcome] = {}
+        version = ipaddress.ip_address(dst).version
+        self.family = socket.AF_INET6 if version == 6 else socket.AF_INET
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class IcmpEchoProbe(Probe):
+    """ICMP(v6) echo over a raw socket, with a random identifier."""
+
+    def __init__(self, netns_path: str | None, dst: str) -> None:
+        super().__init__(netns_path, dst, None)
+        self.ident = random.randint(1, 0xFFFF)
+        proto = socket.IPPROTO_ICMPV6 if self.family == socket.AF_INET6 else socket.IPPROTO_ICMP
+        self.sock = open_socket(netns_path, self.family, socket.SOCK_RAW, proto)
+        self.sock.setblocking(False)
+
+    @property
+    def echo_types(self) -> tuple[int, int]:
+        return (128, 129) if self.family == socket.AF_INET6 else (8, 0)
+
+    def send(self, seq: int) -> None:
+        request, _ = self.echo_types
+        payload = b"cntrace-trace-ping".ljust(32, b".")
+        header = struct.pack("!BBHHH", request, 0, 0, self.ident, seq)
+        csum = 0 if self.family == socket.AF_INET6 else checksum(header + payload)
+        packet = struct.pack("!BBHHH", request, 0, csum, self.ident, seq) + payload
+        outcome = Outcome(seq, time.monotonic_ns())
+        self.outcomes[seq] = outcome
+        try:
+            self.sock.sendto(packet, (self.dst, 0))
+        except OSError as exc:
+            outcome.error = os.strerror(exc.errno) if exc.errno else str(exc)
+
+    def receive(self, timeout: float) -> None:
+        _, reply = self.echo_types
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([self.sock], [], [], left)[0]:
+                return
+            data, _ = self.sock.recvfrom(65535)
+            now = time.monotonic_ns()
+            if self.family == socket.AF_INET:
+                data = data[(data[0] & 0x0F) * 4:]   # raw IPv4 sockets include the IP header
+            if len(data) < 8:
+                continue
+            kind, code, _, ident, seq = struct.unpack("!BBHHH", data[:8])
+            if kind == reply and ident == self.ident and seq in self.outcomes:
+                outcome = self.outcomes[seq]
+                outcome.rtt_ns = outcome.rtt_ns or now - outcome.sent_ns
+            elif kind != reply and len(data) >= 8 + 8:
+                self._match_error(kind, code, data[8:])
+
+    def _match_error(self, kind: int, code: int, quoted: bytes) -> None:
+        if self.family == socket.AF_INET:
+            if len(quoted) < 20:
+                return
+            quoted = quoted[(quoted[0] & 0x0F) * 4:]
+        else:
+            quoted = quoted[40:]
+        if len(quoted) < 8:
+            return
+        _, _, _, ident, seq = struct.unpack("!BBHHH", quoted[:8])
+        if ident == self.ident and seq in self.outcomes:
+            self.outcomes[seq].icmp_error = (kind, code)
+
+
+class TcpConnectProbe(Probe):
+    """A TCP connect; each probe is its own socket bound to one source port,
+    so every attempt is a distinct, filterable flow."""
+
+    def __init__(self, netns_path: str | None, dst: str, port: int) -> None:
+        super().__init__(netns_path, dst, port)
+        self.sock = open_socket(netns_path, self.family, socket.SOCK_STREAM)
+        self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.sport = self.sock.getsockname()[1]
+        self.sock.setblocking(False)
+        self._pending: int | None = None
+
+    def send(self, seq: int) -> None:
+        if seq > 1:  # a new connection reuses the source port after close: one attempt only
+            return
+        self.outcomes[seq] = Outcome(seq, time.monotonic_ns())
+        self._pending = seq
+        err = self.sock.connect_ex((self.dst, self.port))
+        if err not in (0, errno.EINPROGRESS):
+            self.outcomes[seq].error = os.strerror(err)
+            self._pending = None
+
+    def receive(self, timeout: float) -> None:
+        if self._pending is None:
+            return
+        outcome = self.outcomes[self._pending]
+        _, writable, _ = select.select([], [self.sock], [], timeout)
+        if not writable:
+            return
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            outcome.rtt_ns = time.monotonic_ns() - outcome.sent_ns
+        else:
+            outcome.error = os.strerror(err)
+        self._pending = None
+
+
+class UdpProbe(Probe):
+    """UDP datagrams from one bound, connected socket: an ICMP port
+    unreachable surfaces as ECONNREFUSED, an answer as a datagram."""
+
+    def __init__(self, netns_path: str | None, dst: str, port: int) -> None:
+        super().__init__(netns_path, dst, port)
+        self.sock = open_socket(netns_path, self.family, socket.SOCK_DGRAM)
+        self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.sport = self.sock.getsockname()[1]
+        self.sock.setblocking(False)
+        self.sock.connect((self.dst, self.port))
+
+    def send(self, seq: int) -> None:
+        outcome = Outcome(seq, time.monotonic_ns())
+        self.outcomes[seq] = outcome
+        try:
+            self.sock.send(b"cntrace-trace-ping %d" % seq)
+        except OSError as exc:
+            outcome.error = os.strerror(exc.errno) if exc.errno else str(exc)
+
+    def receive(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([self.sock], [], [], left)[0]:
+                return
+            latest = max(self.outcomes.values(), key=lambda o: o.seq)
+            try:
+                self.sock.recv(65535)
+            except OSError as exc:
+                latest.error = os.strerror(exc.errno)
+                continue
+            latest.rtt_ns = latest.rtt_ns or time.monotonic_ns() - latest.sent_ns
