@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import TextIO
@@ -383,7 +384,8 @@ def render(result: Result, color: bool = False) -> str:
                          f"on {hop.label}")
         for hint in result.hints:
             tag = "finding" if hint.finding else "possible"
-            lines.append(f"  {tag}:  {hint.text}")
+            lines.append(textwrap.fill(hint.text, width=78, initial_indent=f"  {tag}:  ",
+                                       subsequent_indent=" " * 12, break_long_words=False))
     if result.lost_events:
         lines.append(f"  warning: {result.lost_events} events lost (ring buffer full)")
     return "\n".join(lines)

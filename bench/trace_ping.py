@@ -1,0 +1,102 @@
+"""trace-ping speed: wall time of a reachable and an unreachable probe, and
+whether other traffic slows while trace-ping runs (its filter is in the
+kernel).  Interleaved runs on the testbed; prints a table of ratios.
+
+    /opt/cntrace/venv/bin/python bench/trace_ping.py [--reps N]
+
+Traffic goes only between the testbed's own containers and wan namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from tracer.testbed import DockerEngine, Testbed, check_route
+
+CNTRACE = [sys.executable, "-m", "tracer"]
+
+
+def wall(args: list[str]) -> tuple[float, int]:
+    start = time.monotonic()
+    code = subprocess.run([*CNTRACE, "ping", *args], capture_output=True).returncode
+    return time.monotonic() - start, code
+
+
+def udp_rate(client_pid: int, server_ip: str, seconds: int) -> float:
+    """64-byte UDP datagrams per second received, iperf3 in the containers' netns."""
+    out = subprocess.run(
+        ["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip, "-u", "-b", "0",
+         "-l", "64", "-t", str(seconds), "-J"], capture_output=True, text=True, check=True)
+    end = json.loads(out.stdout)["end"]
+    summary = end.get("sum_received") or end["sum"]
+    return summary["packets"] / summary["seconds"] if "packets" in summary else \
+        (summary["bytes"] / 64) / summary["seconds"]
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    dev = statistics.pstdev(values) / mean * 100 if mean else 0
+    return f"{mean:.3f} (+-{dev:.1f}%, n={len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    engine = DockerEngine()
+    engine.ensure_running()
+    bed = Testbed(engine=engine)
+    try:
+        info = bed.up()
+        a, b = info.containers["a"], info.containers["b"]
+        check_route(b.ip, [b.bridge])
+        check_route(info.wan_ip, [info.wan_host_ifname])
+        reach = [wall([a.name, b.name]) for _ in range(args.reps)]
+        assert all(code == 0 for _, code in reach), reach
+        rule = ["DOCKER-USER", "-s", a.ip, "-d", info.wan_ip, "-j", "DROP"]
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        try:
+            unreach = [wall([a.name, info.wan_ip, "--timeout", "1"]) for _ in range(args.reps)]
+        finally:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+        assert all(code == 1 for _, code in unreach), unreach
+
+        server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
+                                  stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        base, during = [], []
+        try:
+            for _ in range(args.reps):
+                base.append(udp_rate(a.pid, b.ip, 3))
+                pinger = subprocess.Popen(
+                    ["bash", "-c", f"while true; do {' '.join(CNTRACE)} ping {a.name} "
+                     f"{info.wan_ip} >/dev/null; done"])
+                try:
+                    during.append(udp_rate(a.pid, b.ip, 3))
+                finally:
+                    pinger.terminate()
+                    pinger.wait()
+        finally:
+            server.terminate()
+            server.wait()
+        ratios = [d / x for d, x in zip(during, base, strict=True)]
+        print(f"{'measure':<46} value")
+        print(f"{'trace-ping reachable, wall s':<46} {spread([t for t, _ in reach])}")
+        print(f"{'trace-ping unreachable (timeout 1 s), wall s':<46} "
+              f"{spread([t for t, _ in unreach])}")
+        print(f"{'UDP 64B pkt/s a->b, baseline':<46} {spread(base)}")
+        print(f"{'UDP 64B pkt/s a->b, trace-ping looping':<46} {spread(during)}")
+        print(f"{'ratio with/without trace-ping':<46} {spread(ratios)}")
+    finally:
+        bed.down()
+        engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
