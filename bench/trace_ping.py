@@ -1,6 +1,8 @@
 """trace-ping speed: wall time of a reachable and an unreachable probe, and
-whether other traffic slows while trace-ping runs (its filter is in the
-kernel).  Interleaved runs on the testbed; prints a table of ratios.
+whether other traffic slows while trace-ping runs: once with trace-ping run
+back to back (BPF compile included, competing for the 2 cores), once in steady
+state (hooks attached, kernel filter matching none of the measured traffic).
+Interleaved runs on the testbed; prints a table of ratios.
 
     /opt/cntrace/venv/bin/python bench/trace_ping.py [--reps N]
 
@@ -69,10 +71,22 @@ def main() -> int:
         server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
                                   stdout=subprocess.DEVNULL)
         time.sleep(0.5)
-        base, during = [], []
+        base, during, attached = [], [], []
         try:
             for _ in range(args.reps):
                 base.append(udp_rate(a.pid, b.ip, 3))
+                # Steady state: every hook attached with a probe-style kernel filter
+                # that matches none of this traffic, as during a trace-ping.
+                tracer = subprocess.Popen(
+                    [*CNTRACE, "events", "-p", "icmp", "-a", info.wan_ip],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                try:
+                    while "tracing on" not in tracer.stderr.readline():
+                        pass
+                    attached.append(udp_rate(a.pid, b.ip, 3))
+                finally:
+                    tracer.terminate()
+                    tracer.wait()
                 pinger = subprocess.Popen(
                     ["bash", "-c", f"while true; do {' '.join(CNTRACE)} ping {a.name} "
                      f"{info.wan_ip} >/dev/null; done"])
@@ -85,13 +99,16 @@ def main() -> int:
             server.terminate()
             server.wait()
         ratios = [d / x for d, x in zip(during, base, strict=True)]
+        steady = [d / x for d, x in zip(attached, base, strict=True)]
         print(f"{'measure':<46} value")
         print(f"{'trace-ping reachable, wall s':<46} {spread([t for t, _ in reach])}")
         print(f"{'trace-ping unreachable (timeout 1 s), wall s':<46} "
               f"{spread([t for t, _ in unreach])}")
         print(f"{'UDP 64B pkt/s a->b, baseline':<46} {spread(base)}")
         print(f"{'UDP 64B pkt/s a->b, trace-ping looping':<46} {spread(during)}")
-        print(f"{'ratio with/without trace-ping':<46} {spread(ratios)}")
+        print(f"{'ratio with/without trace-ping looping':<46} {spread(ratios)}")
+        print(f"{'UDP 64B pkt/s a->b, filtered tracer attached':<46} {spread(attached)}")
+        print(f"{'ratio attached (steady state)/without':<46} {spread(steady)}")
     finally:
         bed.down()
         engine.stop()

@@ -41,6 +41,6 @@ int cntrace_netfilter(void *ctx)
         if (net)
             READ_KERNEL(e.netns, net, OFF_NET_INUM);
     }
-    emit_skb_event(ctx, &e, skb, 0);
+    emit_skb_event(ctx, &e, skb, 0, 0);
     return NF_ACCEPT;
 }

@@ -204,13 +204,18 @@ static __always_inline int iface_in_filter(u32 netns, u32 ifindex)
     return filter_ifaces.lookup(&key) != 0;
 }
 
-/* The kernel-side filter: user input reaches it only as map entries. */
-static __always_inline int filter_match(struct cntrace_event *e)
+/* The kernel-side filter: user input reaches it only as map entries.  Split
+ * in two so that packets failing the cheap header checks (protocol, port,
+ * ICMP id) cost no conntrack reads: most traffic on a busy host. */
+static __always_inline struct filter_config *active_filter(void)
 {
     u32 zero = 0;
     struct filter_config *cfg = filter_config.lookup(&zero);
-    if (!cfg || !cfg->flags)
-        return 1;
+    return cfg && cfg->flags ? cfg : 0;
+}
+
+static __always_inline int header_match(struct filter_config *cfg, struct cntrace_event *e)
+{
     /* An ICMP error is matched by the packet it quotes, so a filter on a
      * UDP port also passes the "port unreachable" that answers it. */
     u8 proto = e->inner_proto ? e->inner_proto : e->proto;
@@ -230,6 +235,11 @@ static __always_inline int filter_match(struct cntrace_event *e)
         if (e->sport != cfg->icmp_id)
             return 0;
     }
+    return 1;
+}
+
+static __always_inline int who_match(struct filter_config *cfg, struct cntrace_event *e)
+{
     if (!(cfg->flags & FILTER_WHO))
         return 1;
     if (filter_netns.lookup(&e->netns))
@@ -248,8 +258,10 @@ static __always_inline int filter_match(struct cntrace_event *e)
 }
 
 /* Fill the packet part of an event from the skb, filter, and emit. */
+/* `dev` (0 if the caller filled the device fields) is read only for packets
+ * that pass the header checks. */
 static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u64 skb,
-                                          int l3_from_data)
+                                          u64 dev, int l3_from_data)
 {
     u64 head = 0;
     u64 l3 = 0;
@@ -273,12 +285,17 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     }
     if (parse_ip(e, l3, protocol))
         return 0;
+    struct filter_config *cfg = active_filter();
+    if (cfg && !header_match(cfg, e))
+        return 0;
+    if (dev)
+        read_device(dev, &e->ifindex, &e->netns, e->ifname);
     READ_KERNEL(len, skb, OFF_SKB_LEN);
     e->len = len;
     e->skb = skb;
     e->ts_ns = bpf_ktime_get_ns();
     read_conntrack(e, skb);
-    if (!filter_match(e))
+    if (cfg && !who_match(cfg, e))
         return 0;
     if (events.ringbuf_output(e, sizeof(*e), 0)) {
         count_stat(STAT_LOST);
