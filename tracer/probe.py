@@ -85,6 +85,13 @@ class Probe:
         version = ipaddress.ip_address(dst).version
         self.family = socket.AF_INET6 if version == 6 else socket.AF_INET
 
+    def _bind_any_port(self, kind: int) -> None:
+        """A socket bound to an ephemeral source port: the probe's identity."""
+        self.sock = open_socket(self.netns_path, self.family, kind)
+        self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.sport = self.sock.getsockname()[1]
+        self.sock.setblocking(False)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -150,19 +157,16 @@ class IcmpEchoProbe(Probe):
 
 
 class TcpConnectProbe(Probe):
-    """A TCP connect; each probe is its own socket bound to one source port,
-    so every attempt is a distinct, filterable flow."""
+    """One TCP connect from a bound source port.  The kernel retransmits the
+    SYN itself, so --count > 1 adds nothing: only the first probe is sent."""
 
     def __init__(self, netns_path: str | None, dst: str, port: int) -> None:
         super().__init__(netns_path, dst, port)
-        self.sock = open_socket(netns_path, self.family, socket.SOCK_STREAM)
-        self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
-        self.sport = self.sock.getsockname()[1]
-        self.sock.setblocking(False)
+        self._bind_any_port(socket.SOCK_STREAM)
         self._pending: int | None = None
 
     def send(self, seq: int) -> None:
-        if seq > 1:  # a new connection reuses the source port after close: one attempt only
+        if seq > 1:
             return
         self.outcomes[seq] = Outcome(seq, time.monotonic_ns())
         self._pending = seq
@@ -192,10 +196,7 @@ class UdpProbe(Probe):
 
     def __init__(self, netns_path: str | None, dst: str, port: int) -> None:
         super().__init__(netns_path, dst, port)
-        self.sock = open_socket(netns_path, self.family, socket.SOCK_DGRAM)
-        self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
-        self.sport = self.sock.getsockname()[1]
-        self.sock.setblocking(False)
+        self._bind_any_port(socket.SOCK_DGRAM)
         self.sock.connect((self.dst, self.port))
 
     def send(self, seq: int) -> None:

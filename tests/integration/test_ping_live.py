@@ -165,6 +165,25 @@ def test_isolated_networks_are_diagnosed(testbed):
     assert any("DOCKER-ISOLATION" in rule for rule in result["firewall_rules"])
 
 
+def test_udp_to_a_closed_port_is_diagnosed_as_no_listener(testbed):
+    a, b = testbed.containers["a"], testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
+    code, result, _ = trace_ping(a.name, b.name, "--udp", "9", "--json")
+    assert code == 1, result
+    assert result["icmp_errors"], "the port unreachable was traced"
+    findings = [h["text"] for h in result["hints"] if h["finding"]]
+    assert any("nothing listens on port 9" in text for text in findings), result["hints"]
+
+
+def test_tcp_to_a_closed_port_is_diagnosed_as_no_listener(testbed):
+    a, b = testbed.containers["a"], testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
+    code, result, _ = trace_ping(a.name, f"{b.ip}:81", "--json")
+    assert code == 1, result
+    findings = [h["text"] for h in result["hints"] if h["finding"]]
+    assert any("nothing listens on TCP port 81" in text for text in findings), result["hints"]
+
+
 def test_stopped_destination(testbed, docker_client):
     a = testbed.containers["a"]
     with extra_container(docker_client, "cntrace-test-stopped") as stopped:
