@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is a UsageError (one line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.split()[-1]
+        raise UsageError(message if command == "cntrace" else f"{command}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
