@@ -30,11 +30,23 @@
 #define FILTER_PORT 4    /* TCP/UDP/SCTP source or destination port */
 #define FILTER_ICMP_ID 8 /* ICMP/ICMPv6 echo identifier */
 #define FILTER_NO_DROPS 16 /* do not emit kfree_skb events */
+#define FILTER_DROPS_ONLY 32 /* emit only kfree_skb events (the daemon) */
 
 /* Indexes of the per-CPU "stats" array. */
 #define STAT_EMITTED 0
 #define STAT_LOST 1       /* ring buffer full: event not delivered */
-#define STAT_COUNT 2
+#define STAT_FLOW_INSERTS 2      /* flows added to the flow table */
+#define STAT_FLOW_UPDATE_FAILED 3
+#define STAT_COUNTER_UPDATE_FAILED 4  /* a per-peer/drop/DNAT counter map was full */
+#define STAT_COUNT 5
+
+/* Peers in struct peer_key that are not a container slot. */
+#define PEER_HOST 0xfffffffe
+#define PEER_EXTERNAL 0xffffffff
+
+/* Directions, from the container's point of view. */
+#define DIR_TX 0
+#define DIR_RX 1
 
 struct addr_key {
     u8 addr[16];          /* IPv6, or IPv4-mapped ::ffff:a.b.c.d */
@@ -88,7 +100,51 @@ struct cntrace_event {
     u16 ct_reply_dport;
     char ifname[16];
     u8 inner_proto;       /* ICMP errors: protocol of the quoted packet */
-    u8 pad[7];
+    u8 ct_info;           /* enum ip_conntrack_info: 2 new, >= 3 reply direction */
+    u8 pad[6];
+};
+
+/* Daemon counters (bpf/accounting.h), read at scrape time. */
+struct traffic {
+    u64 packets;
+    u64 bytes;
+};
+
+struct peer_key {
+    u32 slot;
+    u32 peer;             /* a container slot, PEER_HOST or PEER_EXTERNAL */
+    u32 direction;
+};
+
+struct drop_key {
+    u32 slot;
+    u32 reason;
+};
+
+struct dnat_key {
+    u32 slot;
+    u16 port;             /* the published (original destination) port */
+    u8 proto;
+    u8 pad;
+};
+
+/* A flow as seen from the container: local is the container's side. */
+struct flow_key {
+    u32 netns;
+    u8 proto;
+    u8 pad;
+    u16 local_port;
+    u16 remote_port;
+    u16 pad2;
+    u8 local_addr[16];
+    u8 remote_addr[16];
+};
+
+struct flow_value {
+    u64 first_ns;
+    u64 last_ns;
+    u32 slot;
+    u32 pad;
 };
 
 #endif /* CNTRACE_H */

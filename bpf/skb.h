@@ -170,8 +170,9 @@ static __always_inline void read_conntrack(struct cntrace_event *e, u64 skb)
     u8 protonum = 0;
     READ_KERNEL(nfct, skb, OFF_SKB_NFCT);
     u64 ct = nfct & ~7ULL;   /* low bits: enum ip_conntrack_info */
-    if (!ct)
+    if (!ct || e->ct_proto)  /* none, or already read at this hook */
         return;
+    e->ct_info = nfct & 7;
     READ_KERNEL(status, ct, OFF_CT_STATUS);
     e->ct_status = (u32)status;
     READ_KERNEL(protonum, ct, OFF_CT_ORIG_TUPLE + OFF_TUPLE_DST_PROTONUM);
@@ -221,6 +222,8 @@ static __always_inline int header_match(struct filter_config *cfg, struct cntrac
     u8 proto = e->inner_proto ? e->inner_proto : e->proto;
     if ((cfg->flags & FILTER_NO_DROPS) && e->kind == EVENT_DROP)
         return 0;
+    if ((cfg->flags & FILTER_DROPS_ONLY) && e->kind != EVENT_DROP)
+        return 0;
     if ((cfg->flags & FILTER_PROTO) && proto != cfg->proto)
         return 0;
     if (cfg->flags & FILTER_PORT) {
@@ -258,6 +261,10 @@ static __always_inline int who_match(struct filter_config *cfg, struct cntrace_e
 }
 
 /* Fill the packet part of an event from the skb, filter, and emit. */
+#ifdef COUNT_METRICS
+#include "accounting.h"
+#endif
+
 /* `dev` (0 if the caller filled the device fields) is read only for packets
  * that pass the header checks. */
 static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u64 skb,
@@ -285,6 +292,18 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     }
     if (parse_ip(e, l3, protocol))
         return 0;
+#ifdef COUNT_METRICS
+    u64 data = l3;
+    if (!l3_from_data)
+        READ_KERNEL(data, skb, OFF_SKB_DATA);
+    READ_KERNEL(len, skb, OFF_SKB_LEN);
+    if (dev) {
+        read_device(dev, &e->ifindex, &e->netns, e->ifname);
+        dev = 0;
+    }
+    /* IP-layer bytes: skb->len less any link-layer header before l3. */
+    account(e, skb, l3 >= data ? len - (u32)(l3 - data) : len);
+#endif
     struct filter_config *cfg = active_filter();
     if (cfg && !header_match(cfg, e))
         return 0;

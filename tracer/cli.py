@@ -29,6 +29,13 @@ EPILOG_PING = """examples:
 exit codes: 0 reachable, 1 not reachable (diagnosed), 2 bad input, 3-5 environment
 """
 
+EPILOG_DAEMON = """examples:
+  cntrace daemon                                 serve 127.0.0.1:9476/metrics
+  cntrace daemon --web.listen-address 0.0.0.0:9476 --web.config.file web.yml
+  CNTRACE_FLOW_TABLE_SIZE=262144 cntrace daemon   settings from the environment
+endpoints: /metrics, /healthz, /topology (JSON)
+"""
+
 EPILOG_TOPOLOGY = """examples:
   cntrace topology          containers, veth pairs, bridges and networks
   cntrace topology --json   the same for machines
@@ -80,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     topo.add_argument("--json", action="store_true", help="JSON output")
+
+    daemon = sub.add_parser(
+        "daemon",
+        help="export per-container flow, NAT and drop metrics for Prometheus",
+        epilog=EPILOG_DAEMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from tracer import daemon as daemon_module
+
+    daemon_module.add_arguments(daemon)
 
     ping = sub.add_parser(
         "ping",
@@ -145,6 +162,12 @@ def _run_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_daemon(args: argparse.Namespace) -> int:
+    from tracer import daemon
+
+    return daemon.run(args)
+
+
 def _run_ping(args: argparse.Namespace) -> int:
     from tracer import ping
 
@@ -165,6 +188,7 @@ COMMANDS = {
     "events": _run_events,
     "topology": _run_topology,
     "ping": _run_ping,
+    "daemon": _run_daemon,
     "testbed": _run_testbed,
 }
 

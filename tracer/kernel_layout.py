@@ -28,6 +28,8 @@ FIELDS: tuple[Field, ...] = (
     Field("OFF_SKB_NETWORK_HEADER", "sk_buff", "network_header"),
     Field("OFF_SKB_PROTOCOL", "sk_buff", "protocol"),
     Field("OFF_SKB_DEV", "sk_buff", "dev"),
+    Field("OFF_SKB_END", "sk_buff", "end"),
+    Field("OFF_SHINFO_GSO_SEGS", "skb_shared_info", "gso_segs"),
     # Absent without CONFIG_NF_CONNTRACK: NAT columns are then empty.
     Field("OFF_SKB_NFCT", "sk_buff", "_nfct", required=False),
     Field("OFF_DEV_IFINDEX", "net_device", "ifindex"),

@@ -48,6 +48,7 @@ NETFILTER_HOOKS = tuple(
 )
 NETFILTER_FUNCTION = "cntrace_netfilter"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
 
 
 @dataclass(frozen=True)
@@ -149,12 +150,18 @@ def load(
     ringbuf_pages: int = 256,
     tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
     netfilter: bool = True,
+    flow_table_size: int | None = None,
 ) -> Tracer:
-    """Compile, load and attach; KernelFeatureError if nothing can attach."""
+    """Compile, load and attach; KernelFeatureError if nothing can attach.
+    With flow_table_size, the daemon's counters (bpf/accounting.h) are
+    compiled in too."""
     check_privileges()
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
     cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    if flow_table_size is not None:
+        cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
+                   f"-DMAX_CONTAINERS={MAX_CONTAINERS}"]
     try:
         bpf = BPF(text=program_source(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile/load failure

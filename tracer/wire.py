@@ -34,9 +34,18 @@ FILTER_PROTO = 2
 FILTER_PORT = 4
 FILTER_ICMP_ID = 8
 FILTER_NO_DROPS = 16
+FILTER_DROPS_ONLY = 32
 
 STAT_EMITTED = 0
 STAT_LOST = 1
+STAT_FLOW_INSERTS = 2
+STAT_FLOW_UPDATE_FAILED = 3
+STAT_COUNTER_UPDATE_FAILED = 4
+
+PEER_HOST = 0xFFFFFFFE
+PEER_EXTERNAL = 0xFFFFFFFF
+DIR_TX = 0
+DIR_RX = 1
 
 U8x16 = ctypes.c_uint8 * 16
 
@@ -77,7 +86,8 @@ class RawEvent(ctypes.Structure):
         ("ct_reply_dport", ctypes.c_uint16),
         ("ifname", ctypes.c_char * 16),
         ("inner_proto", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 7),
+        ("ct_info", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
     ]
 
 
@@ -103,6 +113,54 @@ class IfaceKey(ctypes.Structure):
     """struct iface_key"""
 
     _fields_ = [("netns", ctypes.c_uint32), ("ifindex", ctypes.c_uint32)]
+
+
+class Traffic(ctypes.Structure):
+    """struct traffic"""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class PeerKey(ctypes.Structure):
+    """struct peer_key"""
+
+    _fields_ = [("slot", ctypes.c_uint32), ("peer", ctypes.c_uint32),
+                ("direction", ctypes.c_uint32)]
+
+
+class DropKey(ctypes.Structure):
+    """struct drop_key"""
+
+    _fields_ = [("slot", ctypes.c_uint32), ("reason", ctypes.c_uint32)]
+
+
+class DnatKey(ctypes.Structure):
+    """struct dnat_key"""
+
+    _fields_ = [("slot", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+class FlowKey(ctypes.Structure):
+    """struct flow_key"""
+
+    _fields_ = [
+        ("netns", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("local_port", ctypes.c_uint16),
+        ("remote_port", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint16),
+        ("local_addr", U8x16),
+        ("remote_addr", U8x16),
+    ]
+
+
+class FlowValue(ctypes.Structure):
+    """struct flow_value"""
+
+    _fields_ = [("first_ns", ctypes.c_uint64), ("last_ns", ctypes.c_uint64),
+                ("slot", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class DecodeError(ValueError):

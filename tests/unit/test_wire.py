@@ -37,6 +37,12 @@ def c_struct_fields(name: str) -> list[tuple[str, object]]:
         ("filter_config", wire.FilterConfig),
         ("addr_key", wire.AddrKey),
         ("iface_key", wire.IfaceKey),
+        ("traffic", wire.Traffic),
+        ("peer_key", wire.PeerKey),
+        ("drop_key", wire.DropKey),
+        ("dnat_key", wire.DnatKey),
+        ("flow_key", wire.FlowKey),
+        ("flow_value", wire.FlowValue),
     ],
 )
 def test_mirror_matches_header(c_name, mirror):
@@ -54,7 +60,8 @@ def test_event_size_is_a_multiple_of_8():
 
 @pytest.mark.parametrize(
     "name, value",
-    [(n, int(v)) for n, v in re.findall(r"#define ((?:HOOK|FILTER|STAT|EVENT)_\w+) (\d+)", HEADER)],
+    [(n, int(v, 0)) for n, v in
+     re.findall(r"#define ((?:HOOK|FILTER|STAT|EVENT|PEER|DIR)_\w+) (0x[0-9a-f]+|\d+)", HEADER)],
 )
 def test_constants_match_header(name, value):
     if name.startswith("HOOK_"):

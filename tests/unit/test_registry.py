@@ -1,0 +1,96 @@
+"""Slots stay right under churn: a fake map records what the registry writes."""
+
+import dataclasses
+
+from tests.unit import fakes
+from tracer.registry import Registry
+
+
+class FakeMaps:
+    def __init__(self):
+        self.ifaces, self.addrs, self.host, self.cleared = {}, {}, set(), []
+
+    def set_iface(self, netns, ifindex, slot):
+        self.ifaces[(netns, ifindex)] = slot
+
+    def delete_iface(self, netns, ifindex):
+        self.ifaces.pop((netns, ifindex), None)
+
+    def set_addr(self, address, slot):
+        self.addrs[address] = slot
+
+    def delete_addr(self, address):
+        self.addrs.pop(address, None)
+
+    def set_host_addrs(self, addresses):
+        self.host = set(addresses)
+
+    def clear_slot(self, slot):
+        self.cleared.append(slot)
+
+
+def without(topo, name):
+    cid = next(c.id for c in topo.containers.values() if c.name == name)
+    return dataclasses.replace(
+        topo, containers={k: v for k, v in topo.containers.items() if k != cid},
+        interfaces={k: v for k, v in topo.interfaces.items() if v.container_id != cid})
+
+
+def test_containers_get_slots_interfaces_and_addresses():
+    maps = FakeMaps()
+    registry = Registry(maps, fakes.topology, max_slots=8)
+    started, gone = registry.reconcile()
+    assert sorted(started) == ["a", "b"] and gone == []
+    slots = {t.container.name: t.slot for t in registry.snapshot().values()}
+    assert maps.ifaces == {(fakes.A_NS, 10): slots["a"], (fakes.B_NS, 10): slots["b"]}
+    assert maps.addrs == {"172.17.0.2": slots["a"], "fd00::2": slots["a"],
+                          "172.17.0.3": slots["b"]}
+    assert registry.reconcile() == ([], [])   # nothing changed, nothing written again
+
+
+def test_a_removed_container_leaves_the_maps_and_its_slot_is_zeroed_and_reused_last():
+    maps = FakeMaps()
+    topo = [fakes.topology()]
+    registry = Registry(maps, lambda: topo[0], max_slots=2)
+    registry.reconcile()
+    slot_a = next(t.slot for t in registry.snapshot().values() if t.container.name == "a")
+    topo[0] = without(topo[0], "a")
+    assert registry.reconcile() == ([], ["a"])
+    assert (fakes.A_NS, 10) not in maps.ifaces and "172.17.0.2" not in maps.addrs
+    assert maps.cleared.count(slot_a) == 2          # zeroed when taken and when freed
+    topo[0] = fakes.topology()                       # a comes back: gets the freed slot
+    registry.reconcile()
+    again = next(t for t in registry.snapshot().values() if t.container.name == "a")
+    assert again.slot == slot_a and maps.cleared.count(slot_a) == 3
+
+
+def test_a_restarted_container_gets_a_fresh_slot_time():
+    maps = FakeMaps()
+    topo = [fakes.topology()]
+    now = [100]
+    registry = Registry(maps, lambda: topo[0], max_slots=8, clock_ns=lambda: now[0])
+    registry.reconcile()
+    a = next(c for c in topo[0].containers.values() if c.name == "a")
+    restarted = dataclasses.replace(a, pid=999)
+    topo[0] = dataclasses.replace(topo[0], containers={**topo[0].containers, a.id: restarted})
+    now[0] = 200
+    started, gone = registry.reconcile()
+    assert started == ["a"] and gone == ["a"]
+    tracked = next(t for t in registry.snapshot().values() if t.container.name == "a")
+    assert tracked.since_ns == 200
+
+
+def test_no_slot_left_is_counted_not_fatal():
+    registry = Registry(FakeMaps(), fakes.topology, max_slots=1)
+    started, _ = registry.reconcile()
+    assert len(started) == 1 and registry.attribution_failures == 1
+
+
+def test_host_addresses_come_from_host_interfaces():
+    maps = FakeMaps()
+    topo = fakes.topology()
+    docker0 = topo.interfaces[(fakes.HOST_NS, 6)]
+    topo.interfaces[(fakes.HOST_NS, 6)] = dataclasses.replace(docker0,
+                                                              addresses=("172.17.0.1/16",))
+    Registry(maps, lambda: topo, max_slots=8).reconcile()
+    assert maps.host == {"172.17.0.1"}

@@ -1,0 +1,292 @@
+"""Prometheus metrics, read from the BPF maps at scrape time.
+
+Nothing here increments a metric object: every scrape yields fresh metric
+families built from the kernel's counters, the registry's slots and the
+sampler's last pass (flows, conntrack), the client_python custom-collector way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from tracer import __version__, wire
+from tracer.registry import Registry
+
+DIRECTIONS = {wire.DIR_TX: "tx", wire.DIR_RX: "rx"}
+PROTOCOL_LABEL = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+@dataclass
+class DaemonStats:
+    """Counters of the daemon's own work, kept by the daemon's threads."""
+
+    events_received: int = 0
+    events_undecodable: int = 0
+    docker_reconnects: int = 0
+    docker_connected: bool = False
+    hooks: list = field(default_factory=list)     # loader.HookStatus
+
+
+@dataclass
+class Sample:
+    """One pass over the flow table and conntrack (slow: done off the scrape path)."""
+
+    flows_entries: int = 0
+    active_flows: dict[int, int] = field(default_factory=dict)
+    snat_bindings: dict[int, int] = field(default_factory=dict)
+    dnat_bindings: dict[int, int] = field(default_factory=dict)
+    conntrack_entries: int | None = None
+    conntrack_limit: int | None = None
+    taken_at: float = 0.0
+
+
+class Sampler:
+    """Walks the flow table and the conntrack table every `interval` seconds."""
+
+    def __init__(self, counters, registry: Registry, flow_idle_s: float,
+                 conntrack: Callable[[], tuple[list, int | None, int | None]] | None,
+                 interval: float = 5.0) -> None:
+        self._counters = counters
+        self._registry = registry
+        self._idle_ns = int(flow_idle_s * 1e9)
+        self._conntrack = conntrack
+        self._interval = interval
+        self.latest = Sample()
+        self._stop = threading.Event()
+
+    def sample(self) -> Sample:
+        tracked = self._registry.snapshot()
+        now = time.monotonic_ns()
+        flows = self._counters.flows()
+        active: dict[int, int] = {}
+        for flow in flows:
+            owner = tracked.get(flow.slot)
+            # A flow older than its slot's owner belonged to a previous owner.
+            if owner and flow.first_ns >= owner.since_ns and now - flow.last_ns <= self._idle_ns:
+                active[flow.slot] = active.get(flow.slot, 0) + 1
+        result = Sample(flows_entries=len(flows), active_flows=active, taken_at=time.time())
+        if self._conntrack:
+            entries, result.conntrack_entries, result.conntrack_limit = self._conntrack()
+            by_addr = {a: t.slot for t in tracked.values() for a in t.addresses}
+            for status, orig_src, reply_src in entries:
+                if status & wire.IPS_SRC_NAT and orig_src in by_addr:
+                    slot = by_addr[orig_src]
+                    result.snat_bindings[slot] = result.snat_bindings.get(slot, 0) + 1
+                if status & wire.IPS_DST_NAT and reply_src in by_addr:
+                    slot = by_addr[reply_src]
+                    result.dnat_bindings[slot] = result.dnat_bindings.get(slot, 0) + 1
+        self.latest = result
+        return result
+
+    def run(self) -> None:
+        while not self._stop.wait(0 if self.latest.taken_at == 0 else self._interval):
+            try:
+                self.sample()
+            except Exception:  # a failed pass keeps the previous sample
+                self.latest.taken_at = self.latest.taken_at or time.time()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def read_conntrack() -> tuple[list[tuple[int, str, str]], int | None, int | None]:
+    """(status, orig src, reply src) of every conntrack entry, and table use."""
+    from pyroute2 import Conntrack
+
+    with Conntrack() as ct:
+        entries = [(e.status, e.tuple_orig.saddr, e.tuple_reply.saddr)
+                   for e in ct.dump_entries()]
+        return entries, ct.count(), ct.conntrack_max_size()
+
+
+class CntraceCollector:
+    def __init__(self, counters, registry: Registry, sampler: Sampler, stats: DaemonStats,
+                 drop_reasons: dict[int, str]) -> None:
+        self._counters = counters
+        self._registry = registry
+        self._sampler = sampler
+        self._stats = stats
+        self._drop_reasons = drop_reasons
+
+    def describe(self):
+        return []   # no fixed description: series depend on the containers
+
+    def collect(self):
+        tracked = self._registry.snapshot()
+        names = {slot: t.container.name for slot, t in tracked.items()}
+        yield from self._traffic(names)
+        yield from self._peers(names)
+        yield from self._nat(names)
+        yield from self._drops(names)
+        yield from self._flows(names)
+        yield from self._self_metrics(len(tracked))
+
+    def _traffic(self, names):
+        packets = CounterMetricFamily("cntrace_container_packets",
+                                      "IP packets sent (tx) or received (rx) by a container, "
+                                      "counted once at its own interface",
+                                      labels=["container", "direction"])
+        nbytes = CounterMetricFamily("cntrace_container_bytes",
+                                     "IP-layer bytes (IP header included, link layer excluded) "
+                                     "sent or received by a container",
+                                     labels=["container", "direction"])
+        for slot, name in names.items():
+            for direction, label in DIRECTIONS.items():
+                p, b = self._counters.traffic(slot, direction)
+                packets.add_metric([name, label], p)
+                nbytes.add_metric([name, label], b)
+        yield packets
+        yield nbytes
+
+    def _peers(self, names):
+        packets = CounterMetricFamily("cntrace_container_peer_packets",
+                                      "Packets between a container and a peer: another "
+                                      "container, the host, or external",
+                                      labels=["container", "peer", "direction"])
+        nbytes = CounterMetricFamily("cntrace_container_peer_bytes",
+                                     "IP-layer bytes between a container and a peer",
+                                     labels=["container", "peer", "direction"])
+        for key, p, b in self._counters.peer_traffic():
+            if key.slot not in names:
+                continue
+            if key.peer == wire.PEER_HOST:
+                peer = "host"
+            elif key.peer == wire.PEER_EXTERNAL:
+                peer = "external"
+            elif key.peer in names:
+                peer = names[key.peer]
+            else:
+                continue   # a peer container that is gone
+            labels = [names[key.slot], peer, DIRECTIONS.get(key.direction, "tx")]
+            packets.add_metric(labels, p)
+            nbytes.add_metric(labels, b)
+        yield packets
+        yield nbytes
+
+    def _nat(self, names):
+        snat_p = CounterMetricFamily("cntrace_container_snat_packets",
+                                     "Packets of a container's connections rewritten by SNAT "
+                                     "(MASQUERADE)", labels=["container"])
+        snat_b = CounterMetricFamily("cntrace_container_snat_bytes",
+                                     "IP-layer bytes rewritten by SNAT", labels=["container"])
+        snat_t = CounterMetricFamily("cntrace_container_snat_translations",
+                                     "New SNAT bindings (connections) of a container",
+                                     labels=["container"])
+        for slot, name in names.items():
+            p, b, t = self._counters.snat(slot)
+            snat_p.add_metric([name], p)
+            snat_b.add_metric([name], b)
+            snat_t.add_metric([name], t)
+        labels = ["container", "port", "protocol"]
+        dnat_p = CounterMetricFamily("cntrace_container_dnat_packets",
+                                     "Packets to a container's published port, after DNAT",
+                                     labels=labels)
+        dnat_b = CounterMetricFamily("cntrace_container_dnat_bytes",
+                                     "IP-layer bytes to a published port, after DNAT",
+                                     labels=labels)
+        dnat_t = CounterMetricFamily("cntrace_container_dnat_translations",
+                                     "New DNAT bindings (connections) to a published port",
+                                     labels=labels)
+        for key, p, b, t in self._counters.dnat():
+            if key.slot not in names:
+                continue
+            values = [names[key.slot], str(key.port), PROTOCOL_LABEL.get(key.proto,
+                                                                         str(key.proto))]
+            dnat_p.add_metric(values, p)
+            dnat_b.add_metric(values, b)
+            dnat_t.add_metric(values, t)
+        yield from (snat_p, snat_b, snat_t, dnat_p, dnat_b, dnat_t)
+        sample = self._sampler.latest
+        bindings = GaugeMetricFamily("cntrace_container_nat_bindings",
+                                     "Conntrack entries with NAT for a container, by type",
+                                     labels=["container", "type"])
+        for slot, name in names.items():
+            bindings.add_metric([name, "snat"], sample.snat_bindings.get(slot, 0))
+            bindings.add_metric([name, "dnat"], sample.dnat_bindings.get(slot, 0))
+        yield bindings
+        if sample.conntrack_entries is not None:
+            yield GaugeMetricFamily("cntrace_conntrack_entries",
+                                    "Entries in the host's conntrack table",
+                                    value=sample.conntrack_entries)
+        if sample.conntrack_limit is not None:
+            yield GaugeMetricFamily("cntrace_conntrack_entries_limit",
+                                    "The conntrack table's limit (nf_conntrack_max)",
+                                    value=sample.conntrack_limit)
+
+    def _drops(self, names):
+        drops = CounterMetricFamily("cntrace_container_drops",
+                                    "Packets of a container dropped by the kernel, by the "
+                                    "running kernel's drop reason", labels=["container", "reason"])
+        for key, count in self._counters.drops():
+            if key.slot in names:
+                reason = self._drop_reasons.get(key.reason, str(key.reason))
+                drops.add_metric([names[key.slot], reason], count)
+        yield drops
+
+    def _flows(self, names):
+        opened = CounterMetricFamily("cntrace_container_flows_opened",
+                                     "Flows (5-tuples) a container started or accepted",
+                                     labels=["container"])
+        active = GaugeMetricFamily("cntrace_container_flows_active",
+                                   "Flows of a container with a packet in the idle window",
+                                   labels=["container"])
+        sample = self._sampler.latest
+        for slot, name in names.items():
+            opened.add_metric([name], self._counters.flows_opened(slot))
+            active.add_metric([name], sample.active_flows.get(slot, 0))
+        yield opened
+        yield active
+
+    def _self_metrics(self, containers: int):
+        stats = self._counters.stats()
+        yield InfoMetricFamily("cntrace_build", "cntrace build information",
+                               value={"version": __version__})
+        attached = GaugeMetricFamily("cntrace_hook_attached",
+                                     "1 if the BPF program is attached at this hook",
+                                     labels=["hook"])
+        for hook in self._stats.hooks:
+            attached.add_metric([hook.name], 1 if hook.attached else 0)
+        yield attached
+        yield GaugeMetricFamily("cntrace_containers", "Containers being accounted",
+                                value=containers)
+        yield CounterMetricFamily("cntrace_events_received", "Events decoded from the ring "
+                                  "buffer", value=self._stats.events_received)
+        lost = CounterMetricFamily("cntrace_events_lost", "Events lost: in the kernel (ring "
+                                   "buffer full) or in the reader (undecodable)",
+                                   labels=["side"])
+        lost.add_metric(["kernel"], stats[wire.STAT_LOST])
+        lost.add_metric(["reader"], self._stats.events_undecodable)
+        yield lost
+        usage = self._counters.map_usage()
+        sample = self._sampler.latest
+        usage["flows"] = (sample.flows_entries, self._counters.flow_capacity())
+        entries = GaugeMetricFamily("cntrace_map_entries", "Entries in a BPF map",
+                                    labels=["map"])
+        capacity = GaugeMetricFamily("cntrace_map_capacity", "Capacity of a BPF map",
+                                     labels=["map"])
+        for name, (used, size) in sorted(usage.items()):
+            entries.add_metric([name], used)
+            capacity.add_metric([name], size)
+        yield entries
+        yield capacity
+        inserts = stats[wire.STAT_FLOW_INSERTS]
+        yield CounterMetricFamily("cntrace_flow_table_evictions", "Flows evicted from the "
+                                  "full LRU flow table", value=max(0, inserts -
+                                                                   sample.flows_entries))
+        failures = CounterMetricFamily("cntrace_map_update_failures",
+                                       "Failed BPF map updates", labels=["map"])
+        failures.add_metric(["flows"], stats[wire.STAT_FLOW_UPDATE_FAILED])
+        failures.add_metric(["counters"], stats[wire.STAT_COUNTER_UPDATE_FAILED])
+        yield failures
+        yield CounterMetricFamily("cntrace_attribution_failures", "Containers that could not "
+                                  "be given a counter slot",
+                                  value=self._registry.attribution_failures)
+        yield CounterMetricFamily("cntrace_docker_reconnects", "Reconnections to the Docker "
+                                  "engine", value=self._stats.docker_reconnects)
+        yield GaugeMetricFamily("cntrace_docker_connected", "1 while the Docker event stream "
+                                "is connected", value=1 if self._stats.docker_connected else 0)

@@ -1,0 +1,154 @@
+"""Which container each BPF counter slot belongs to, kept right under churn.
+
+The kernel counts by slot (bpf/accounting.h); this registry gives each running
+container a slot, writes its interfaces and addresses into the BPF maps, and
+takes them out when it goes.  A freed slot is zeroed and reused last, and a
+slot's flows count only from its allocation time on, so a reused netns inode,
+ifindex, address or slot never carries counts to the wrong container.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tracer.topology import ROLE_CONTAINER, Container, Topology
+
+log = logging.getLogger("cntrace.registry")
+
+
+@dataclass(frozen=True)
+class Tracked:
+    slot: int
+    container: Container
+    ifaces: frozenset[tuple[int, int]]     # (netns inode, ifindex) of its own interfaces
+    addresses: frozenset[str]
+    since_ns: int                          # CLOCK_MONOTONIC at allocation
+
+
+class CounterMaps(Protocol):
+    """What the registry needs of the BPF maps (a fake in unit tests)."""
+
+    def set_iface(self, netns: int, ifindex: int, slot: int) -> None: ...
+    def delete_iface(self, netns: int, ifindex: int) -> None: ...
+    def set_addr(self, address: str, slot: int) -> None: ...
+    def delete_addr(self, address: str) -> None: ...
+    def set_host_addrs(self, addresses: set[str]) -> None: ...
+    def clear_slot(self, slot: int) -> None: ...
+
+
+def container_addresses(container: Container) -> frozenset[str]:
+    ips = [*container.networks.values(), *container.ipv6.values()]
+    return frozenset(str(ipaddress.ip_address(ip)) for ip in ips if ip)
+
+
+def host_addresses(topo: Topology) -> set[str]:
+    """Every address on a host-netns interface (bridge gateways included)."""
+    found = set()
+    for iface in topo.interfaces.values():
+        if iface.netns != topo.host_netns:
+            continue
+        for address in iface.addresses:
+            found.add(str(ipaddress.ip_interface(address).ip))
+    return found
+
+
+class Registry:
+    def __init__(
+        self,
+        maps: CounterMaps,
+        discover: Callable[[], Topology],
+        max_slots: int,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._maps = maps
+        self._discover = discover
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        self._by_id: dict[str, Tracked] = {}
+        self._fresh = iter(range(max_slots))
+        self._freed: collections.deque[int] = collections.deque()
+        self.topology: Topology | None = None
+        self.attribution_failures = 0
+
+    def snapshot(self) -> dict[int, Tracked]:
+        with self._lock:
+            return {t.slot: t for t in self._by_id.values()}
+
+    def reconcile(self) -> tuple[list[str], list[str]]:
+        """Bring the maps in line with Docker; returns (started, gone) names.
+        DockerUnavailableError propagates: the caller keeps the current maps."""
+        topo = self._discover()
+        started, gone = [], []
+        with self._lock:
+            self.topology = topo
+            self._maps.set_host_addrs(host_addresses(topo))
+            for cid in list(self._by_id):
+                if cid not in topo.containers:
+                    gone.append(self._remove(cid))
+            for cid, container in topo.containers.items():
+                ifaces = frozenset(
+                    (i.netns, i.ifindex) for i in topo.interfaces.values()
+                    if i.role == ROLE_CONTAINER and i.container_id == cid
+                )
+                addresses = container_addresses(container)
+                current = self._by_id.get(cid)
+                if current and (current.container.netns, current.container.pid) != (
+                        container.netns, container.pid):
+                    gone.append(self._remove(cid))   # restarted: a new netns, a new slot
+                    current = None
+                if current is None:
+                    if self._add(container, ifaces, addresses):
+                        started.append(container.name)
+                elif (current.ifaces, current.addresses) != (ifaces, addresses):
+                    self._update(current, container, ifaces, addresses)
+        return started, gone
+
+    def _allocate(self) -> int | None:
+        slot = next(self._fresh, None)
+        if slot is None and self._freed:
+            slot = self._freed.popleft()
+        return slot
+
+    def _add(self, container: Container, ifaces, addresses) -> bool:
+        slot = self._allocate()
+        if slot is None:
+            self.attribution_failures += 1
+            log.warning("no counter slot left for container %s", container.name)
+            return False
+        self._maps.clear_slot(slot)
+        tracked = Tracked(slot, container, ifaces, addresses, self._clock_ns())
+        for netns, ifindex in ifaces:
+            self._maps.set_iface(netns, ifindex, slot)
+        for address in addresses:
+            self._maps.set_addr(address, slot)
+        self._by_id[container.id] = tracked
+        return True
+
+    def _update(self, current: Tracked, container: Container, ifaces, addresses) -> None:
+        for netns, ifindex in current.ifaces - ifaces:
+            self._maps.delete_iface(netns, ifindex)
+        for address in current.addresses - addresses:
+            self._maps.delete_addr(address)
+        for netns, ifindex in ifaces - current.ifaces:
+            self._maps.set_iface(netns, ifindex, current.slot)
+        for address in addresses - current.addresses:
+            self._maps.set_addr(address, current.slot)
+        self._by_id[container.id] = Tracked(current.slot, container, ifaces, addresses,
+                                            current.since_ns)
+
+    def _remove(self, cid: str) -> str:
+        tracked = self._by_id.pop(cid)
+        for netns, ifindex in tracked.ifaces:
+            self._maps.delete_iface(netns, ifindex)
+        for address in tracked.addresses:
+            self._maps.delete_addr(address)
+        self._maps.clear_slot(tracked.slot)
+        self._freed.append(tracked.slot)
+        return tracked.container.name
