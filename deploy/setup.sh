@@ -16,8 +16,10 @@ APT_PACKAGES=(
     bpfcc-tools python3-bpfcc libbpfcc libbpf1 bpftool  # bcc, libbpf (BTF), bpftool (tests)
     docker.io iptables conntrack iproute2 busybox-static # the Docker host and its tools
     python3-venv python3-pip kmod                        # Debian's python3 sees bcc
-    iperf3 tcpdump                                       # tests and benchmarks
 )
+# Only for `test`, without recommends: the scrape tests run their own Prometheus
+# (and promtool); on a systemd host the package's own service would start too.
+TEST_APT_PACKAGES=(prometheus iperf3 tcpdump)
 PY_TEST_PACKAGES=(pytest hypothesis ruff)
 
 log() { echo "setup: $*" >&2; }
@@ -29,16 +31,18 @@ need_root() {
     fi
 }
 
-install_apt_packages() {
-    local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
+install_apt_packages() {  # [apt-get option...] -- package...
+    local options=() missing=()
+    while [ "$1" != "--" ]; do options+=("$1"); shift; done
+    shift
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${options[@]}" "${missing[@]}" >/dev/null
 }
 
 # bcc compiles against a kernel header tree.  When the running kernel ships
@@ -87,7 +91,7 @@ install_python() {
 
 setup() {
     need_root
-    install_apt_packages
+    install_apt_packages -- "${APT_PACKAGES[@]}"
     install_kernel_headers
     mount_filesystems
     install_python
@@ -103,6 +107,7 @@ run_main_job() {
 }
 
 run_tests() {
+    install_apt_packages --no-install-recommends -- "${TEST_APT_PACKAGES[@]}"
     cd "$REPO"
     local status=0
     "$VENV/bin/python" -m pytest -v -rs tests || status=$?

@@ -1,0 +1,297 @@
+"""cntrace daemon on the real testbed: exact counters, NAT, drops, churn,
+a real Prometheus scraping it, and its own configuration errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.helpers import CNTRACE
+from tests.integration.prometheus import (
+    PrometheusServer,
+    prometheus_available,
+    promtool_check_metrics,
+    scrape_config,
+    value,
+)
+from tests.integration.test_ping_live import extra_container, iptables_rule
+from tracer.probe import open_socket
+from tracer.testbed import check_route
+
+pytestmark = pytest.mark.integration
+A_NAME, B_NAME = "cntrace-test-a", "cntrace-test-b"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*CNTRACE, "daemon", "--web.listen-address", f"127.0.0.1:{self.port}",
+             "--reconcile-seconds", "2", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, url: str | None = None, timeout: float = 60, **kw) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(f"{url or self.url}/healthz", timeout=2, **kw):
+                    return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.2)
+        raise AssertionError("daemon not ready")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+    def text(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def scrape(self) -> dict[tuple[str, frozenset], float]:
+        samples = {}
+        for family in text_string_to_metric_families(self.text()):
+            for s in family.samples:
+                samples[(s.name, frozenset(s.labels.items()))] = s.value
+        return samples
+
+
+def get(samples, name, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def names_in(samples) -> set[str]:
+    return {dict(labels).get("container") for _, labels in samples} - {None}
+
+
+@pytest.fixture(scope="module")
+def daemon(testbed):
+    d = Daemon()
+    try:
+        d.wait_ready()
+        wait_until(lambda: A_NAME in names_in(d.scrape()), "daemon sees the testbed")
+        yield d
+    finally:
+        code, err = d.stop()
+        assert code == 0, err
+        assert "detached all hooks" in err
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting: {what}")
+
+
+def send_udp(src_pid: int, dst: str, port: int, count: int, payload: int) -> None:
+    sock = open_socket(f"/proc/{src_pid}/ns/net", socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        for _ in range(count):
+            sock.sendto(b"x" * payload, (dst, port))
+            time.sleep(0.0002)   # stay under the receiver's socket buffer
+
+
+def wait_for_quiet(daemon, *containers: str, quiet: float = 1.5, timeout: float = 20) -> None:
+    """Fresh interfaces chatter for a while (IPv6 router solicitations, MLD);
+    exact deltas need a window where nothing else moves these counters."""
+    def totals():
+        samples = daemon.scrape()
+        return [get(samples, "cntrace_container_packets_total", container=c, direction=d)
+                for c in containers for d in ("tx", "rx")]
+
+    deadline = time.monotonic() + timeout
+    last, since = totals(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = totals()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError("the containers never went quiet")
+
+
+def test_exact_packet_and_byte_counts(daemon, testbed):
+    a, b = testbed.containers["a"], testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
+    n, payload = 1000, 100
+    sink = open_socket(f"/proc/{b.pid}/ns/net", socket.AF_INET, socket.SOCK_DGRAM)
+    with sink:
+        sink.bind((b.ip, 9999))       # a listener: no ICMP errors come back
+        wait_for_quiet(daemon, a.name, b.name)
+        before = daemon.scrape()
+        send_udp(a.pid, b.ip, 9999, n, payload)
+        time.sleep(0.5)
+        after = daemon.scrape()
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    ip_bytes = n * (20 + 8 + payload)   # README: IP header + UDP header + payload
+    assert get(delta, "cntrace_container_packets_total", container=a.name, direction="tx") == n
+    assert get(delta, "cntrace_container_packets_total", container=b.name, direction="rx") == n
+    assert get(delta, "cntrace_container_bytes_total", container=a.name, direction="tx") \
+        == ip_bytes
+    assert get(delta, "cntrace_container_bytes_total", container=b.name, direction="rx") \
+        == ip_bytes
+    assert get(delta, "cntrace_container_peer_packets_total", container=a.name, peer=b.name,
+               direction="tx") == n
+    assert get(delta, "cntrace_container_peer_packets_total", container=b.name, peer=a.name,
+               direction="rx") == n
+    assert get(delta, "cntrace_container_flows_opened_total", container=a.name) == 1
+
+
+def test_snat_to_the_wan_is_counted_per_container(daemon, testbed, docker_client):
+    a = testbed.containers["a"]
+    check_route(testbed.wan_ip, [testbed.wan_host_ifname])
+    before = daemon.scrape()
+    result = docker_client.containers.get(a.name).exec_run(
+        ["ping", "-c", "3", "-i", "0.2", "-W", "1", testbed.wan_ip])
+    assert result.exit_code == 0
+    time.sleep(0.3)
+    after = daemon.scrape()
+    assert get(after, "cntrace_container_snat_packets_total", container=a.name) - \
+        get(before, "cntrace_container_snat_packets_total", container=a.name) == 3
+    assert get(after, "cntrace_container_snat_translations_total", container=a.name) - \
+        get(before, "cntrace_container_snat_translations_total", container=a.name) == 1
+    assert get(after, "cntrace_container_peer_packets_total", container=a.name,
+               peer="external", direction="tx") >= 3
+
+
+def test_dnat_to_a_published_port_is_counted_per_container_and_port(daemon, testbed,
+                                                                    docker_client):
+    with extra_container(docker_client, "cntrace-test-web", ports={"80/tcp": 18081},
+                         command=["httpd", "-f", "-p", "80", "-h", "/"]):
+        wait_until(lambda: "cntrace-test-web" in names_in(daemon.scrape()), "web seen")
+        time.sleep(0.3)
+        client = open_socket(f"/run/netns/{testbed.wan_netns}", socket.AF_INET,
+                             socket.SOCK_STREAM)
+        with client:
+            client.settimeout(5)
+            client.connect((testbed.wan_host_ip, 18081))
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            client.recv(100)
+        time.sleep(0.3)
+        after = daemon.scrape()
+    labels = dict(container="cntrace-test-web", port="18081", protocol="tcp")
+    assert get(after, "cntrace_container_dnat_translations_total", **labels) == 1
+    assert get(after, "cntrace_container_dnat_packets_total", **labels) >= 3   # SYN, ACK, data
+
+
+def test_docker_user_drop_is_counted_with_its_reason(daemon, testbed, docker_client):
+    a = testbed.containers["a"]
+    check_route(testbed.wan_ip, [testbed.wan_host_ifname])
+    before = daemon.scrape()
+    with iptables_rule("DOCKER-USER", "-s", a.ip, "-d", testbed.wan_ip, "-j", "DROP"):
+        docker_client.containers.get(a.name).exec_run(
+            ["ping", "-c", "2", "-i", "0.2", "-W", "1", testbed.wan_ip])
+    after = daemon.scrape()
+    labels = dict(container=a.name, reason="NETFILTER_DROP")
+    assert get(after, "cntrace_container_drops_total", **labels) - \
+        get(before, "cntrace_container_drops_total", **labels) == 2
+
+
+def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, docker_client):
+    b = testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
+    traffic = docker_client.containers.get(testbed.containers["a"].name).exec_run(
+        ["ping", "-i", "0.2", b.ip], detach=True)
+    names = [f"cntrace-churn-{i:02d}" for i in range(50)]
+    counts = {}
+    with contextlib.ExitStack() as stack:
+        for i, name in enumerate(names):
+            container = stack.enter_context(extra_container(docker_client, name))
+            if i % 5 == 0:   # every fifth sends a known number of datagrams to b
+                # counting starts once the daemon has the container (Docker event)
+                wait_until(lambda n=name: n in names_in(daemon.scrape()), f"{name} seen")
+                send_udp(container.attrs["State"]["Pid"], b.ip, 9, 7 + i, 10)
+                counts[name] = 7 + i
+        samples = wait_until(
+            lambda: (s := daemon.scrape()) and set(counts) <= names_in(s) and s, "churn seen")
+        for name, count in counts.items():
+            assert get(samples, "cntrace_container_peer_packets_total", container=name,
+                       peer=b.name, direction="tx") == count, name
+    gone = wait_until(lambda: not (set(names) & names_in(daemon.scrape())), "series removed")
+    assert gone
+    assert daemon.proc.poll() is None
+    del traffic
+
+
+def test_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
+    if not prometheus_available():
+        pytest.skip("prometheus is not installed (deploy/setup.sh test installs it)")
+    target = f"127.0.0.1:{daemon.port}"
+    with PrometheusServer(tmp_path, [scrape_config("cntrace", target)]) as prom:
+        prom.wait_for('up{job="cntrace"} == 1')
+        result = prom.wait_for(
+            f'cntrace_container_packets_total{{container="{A_NAME}",direction="tx"}}')
+        scraped = get(daemon.scrape(), "cntrace_container_packets_total", container=A_NAME,
+                      direction="tx")
+        assert 0 < value(result) <= scraped
+
+
+def test_promtool_accepts_the_exposition(daemon):
+    code, output = promtool_check_metrics(daemon.text())
+    assert code == 0, output
+
+
+def test_sigterm_detaches_everything(testbed):
+    def our_links() -> int:
+        """BPF links whose program is one of ours (names start with cntrace_)."""
+        def bpftool(*args):
+            out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True)
+            return json.loads(out.stdout or "[]")
+
+        ours = {p["id"] for p in bpftool("prog", "show")
+                if p.get("name", "").startswith("cntrace_")}
+        return sum(1 for link in bpftool("link", "show") if link.get("prog_id") in ours)
+
+    before = our_links()
+    d = Daemon()
+    try:
+        d.wait_ready()
+        assert our_links() == before + 13   # 3 raw tracepoints, 10 netfilter links
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+    assert our_links() == before
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--flow-table-size", "10"], {}, "flow_table_size 10"),
+    (["--config", "/nonexistent.yml"], {}, "cannot read config /nonexistent.yml"),
+    (["--web.config.file", "/nonexistent-web.yml"], {}, "/nonexistent-web.yml"),
+    (["--web.listen-address", "nowhere"], {}, "expected HOST:PORT"),
+    ([], {"CNTRACE_FLOW_IDLE_SECONDS": "soon"}, "is not a number"),
+])
+def test_bad_config_exits_2_before_attaching(args, env, message):
+    result = subprocess.run([*CNTRACE, "daemon", *args], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, **env})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "attached" not in result.stderr
