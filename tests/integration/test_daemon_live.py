@@ -295,3 +295,58 @@ def test_bad_config_exits_2_before_attaching(args, env, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "attached" not in result.stderr
+
+
+def test_tls_and_basic_auth(testbed, tmp_path):
+    import base64
+    import ssl
+
+    import bcrypt
+
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    digest = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_cert}\n"
+                   f"  key_file: {pki.server_key}\nbasic_auth_users:\n  prom: '{digest}'\n")
+    d = Daemon("--web.config.file", str(web))
+    https = f"https://127.0.0.1:{d.port}"
+    context = ssl.create_default_context(cafile=str(pki.ca))
+
+    def fetch(url, password=None):
+        request = urllib.request.Request(url)
+        if password:
+            token = base64.b64encode(f"prom:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    try:
+        wait_until(lambda: d.proc.poll() is None and _answers(fetch, https), "TLS daemon up",
+                   timeout=60)
+        status, body = fetch(f"{https}/metrics", "s3cret")
+        assert status == 200 and "cntrace_build_info" in body
+        assert fetch(f"{https}/metrics", "wrong")[0] == 401
+        assert fetch(f"{https}/metrics")[0] == 401
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5).read()
+        if prometheus_available():
+            job = scrape_config("cntrace-tls", f"127.0.0.1:{d.port}", scheme="https",
+                                tls_config={"ca_file": str(pki.ca)},
+                                basic_auth={"username": "prom", "password": "s3cret"})
+            with PrometheusServer(tmp_path / "prom", [job]) as prom:
+                prom.wait_for('up{job="cntrace-tls"} == 1')
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+
+
+def _answers(fetch, base) -> bool:
+    try:
+        return fetch(f"{base}/healthz")[0] == 401   # up, and asking for credentials
+    except (urllib.error.URLError, OSError):
+        return False
