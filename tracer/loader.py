@@ -7,6 +7,7 @@ without BPF netfilter links still traces devices and drops, and says so.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable
@@ -48,6 +49,7 @@ NETFILTER_HOOKS = tuple(
 )
 NETFILTER_FUNCTION = "cntrace_netfilter"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
 
 
@@ -211,10 +213,28 @@ def _attach_netfilter(tracer: Tracer) -> list[HookStatus]:
     statuses = []
     for name, (pf, hook, priority) in zip(names, NETFILTER_HOOKS, strict=True):
         try:
-            tracer._link_fds.append(nflink.link_create(function.fd, pf, hook, priority))
+            fd, used = _link_at_free_priority(function.fd, pf, hook, priority)
         except OSError as exc:
             statuses.append(HookStatus(name, False, f"BPF_LINK_CREATE failed: {exc}; {lost}"))
             continue
-        statuses.append(HookStatus(name, True, f"priority {priority}"))
+        tracer._link_fds.append(fd)
+        statuses.append(HookStatus(name, True, f"priority {used}"))
     return statuses
+
+
+def _link_at_free_priority(prog_fd: int, pf: int, hook: int, priority: int) -> tuple[int, int]:
+    """The kernel allows one BPF netfilter program per (family, hook,
+    priority) and answers EBUSY for a second: another cntrace (the daemon
+    while trace-ping runs) may hold ours.  Step away from the NAT or filter
+    table we sit next to, never across it."""
+    step = -1 if hook == nflink.NF_INET_FORWARD else 1
+    busy = OSError(errno.EBUSY, "no free priority")
+    for candidate in range(priority, priority + step * PRIORITY_SLOTS, step):
+        try:
+            return nflink.link_create(prog_fd, pf, hook, candidate), candidate
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            busy = exc
+    raise busy
 

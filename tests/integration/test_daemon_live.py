@@ -219,11 +219,12 @@ def test_docker_user_drop_is_counted_with_its_reason(daemon, testbed, docker_cli
 def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, docker_client):
     b = testbed.containers["b"]
     check_route(b.ip, [b.bridge])
-    traffic = docker_client.containers.get(testbed.containers["a"].name).exec_run(
-        ["ping", "-i", "0.2", b.ip], detach=True)
+    a = docker_client.containers.get(testbed.containers["a"].name)
+    a.exec_run(["sh", "-c", f"echo $$ > /tmp/pinger.pid; exec ping -i 0.2 {b.ip}"], detach=True)
     names = [f"cntrace-churn-{i:02d}" for i in range(50)]
     counts = {}
     with contextlib.ExitStack() as stack:
+        stack.callback(a.exec_run, ["sh", "-c", "kill $(cat /tmp/pinger.pid)"])
         for i, name in enumerate(names):
             container = stack.enter_context(extra_container(docker_client, name))
             if i % 5 == 0:   # every fifth sends a known number of datagrams to b
@@ -239,7 +240,16 @@ def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, do
     gone = wait_until(lambda: not (set(names) & names_in(daemon.scrape())), "series removed")
     assert gone
     assert daemon.proc.poll() is None
-    del traffic
+
+
+def test_trace_ping_alongside_the_daemon(daemon, testbed):
+    """Both attach netfilter programs: the second takes the next free priority."""
+    a = testbed.containers["a"]
+    check_route(testbed.wan_ip, [testbed.wan_host_ifname])
+    result = subprocess.run([*CNTRACE, "ping", a.name, testbed.wan_ip, "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"snat {a.ip} -> {testbed.wan_host_ip}" in json.loads(result.stdout)["nat"]
 
 
 def test_real_prometheus_scrapes_the_daemon(daemon, tmp_path):

@@ -95,5 +95,5 @@ def test_ping_to_wan_leaves_the_uplink_snated(testbed, docker_client):
     post = find(events, hook="POSTROUTING", icmp_type=8, src=testbed.wan_host_ip)
     assert post and post[0]["out_ifindex"] == uplink["ifindex"]
     # The reply is translated back before it reaches the container.
-    back = find(events, hook="rx", icmp_type=0, netns=netns_inode(a.pid))
-    assert back and back[0]["dst"] == a.ip and back[0]["src"] == testbed.wan_ip
+    back = find(events, hook="rx", icmp_type=0, netns=netns_inode(a.pid), src=testbed.wan_ip)
+    assert back and back[0]["dst"] == a.ip
