@@ -1,4 +1,10 @@
-/* The daemon's exact counters, compiled in only with -DCOUNT_METRICS.
+/* The daemon's exact counters, compiled in only with -DCOUNT_METRICS (the
+ * daemon build, whose only event stream is drops).
+ *
+ * Cost comes first: the daemon sees every packet on the host, so each hook
+ * leaves at the first cheap check that says "nothing to count here" -- a
+ * device that is not a container's, a packet whose conntrack entry has no
+ * NAT -- before any header is parsed.
  *
  * Every packet is counted once per container and direction, at the
  * container's own interface (inside its netns): tx when it leaves the
@@ -33,6 +39,7 @@ BPF_PERCPU_ARRAY(snat_translations, u64, MAX_CONTAINERS);
 BPF_PERCPU_HASH(dnat, struct dnat_key, struct traffic, 16384);
 BPF_PERCPU_HASH(dnat_translations, struct dnat_key, u64, 16384);
 BPF_PERCPU_ARRAY(flows_opened, u64, MAX_CONTAINERS);
+BPF_ARRAY(slot_generation, u32, MAX_CONTAINERS);   /* bumped each time a slot changes owner */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE);
 
 static __always_inline u32 *slot_of_addr(u8 *addr, u8 family)
@@ -117,10 +124,33 @@ static __always_inline u32 skb_segments(u64 skb)
     return segs ? segs : 1;
 }
 
-static __always_inline void account_flow(struct cntrace_event *e, u32 slot, int rx)
+/* The remote end of a container's packet: another container's slot, the
+ * host, or external. */
+static __always_inline u32 resolve_peer(u8 *remote, u8 family)
+{
+    u32 *peer = slot_of_addr(remote, family);
+    if (peer)
+        return *peer;
+    return is_host_addr(remote, family) ? PEER_HOST : PEER_EXTERNAL;
+}
+
+static __always_inline u32 generation_of(u32 peer)
+{
+    u32 *generation = peer < MAX_CONTAINERS ? slot_generation.lookup(&peer) : 0;
+    return generation ? *generation : 0;
+}
+
+/* Look the packet's flow up (inserting it when new) and return its peer:
+ * resolved once per flow, so the per-packet path skips two address lookups.
+ * last_ns is written at most every FLOW_TOUCH_NS to keep the shared entry's
+ * cache line quiet; "active" has a granularity of seconds anyway. */
+#define FLOW_TOUCH_NS 1000000000ULL
+
+static __always_inline u32 account_flow(struct cntrace_event *e, u32 slot, int rx)
 {
     struct flow_key key = {.netns = e->netns, .proto = e->proto};
     u64 now = bpf_ktime_get_ns();
+    u8 *remote = rx ? e->saddr : e->daddr;
     if (rx) {
         __builtin_memcpy(key.local_addr, e->daddr, 16);
         __builtin_memcpy(key.remote_addr, e->saddr, 16);
@@ -137,12 +167,19 @@ static __always_inline void account_flow(struct cntrace_event *e, u32 slot, int 
         key.remote_port = 0;
     }
     struct flow_value *value = flows.lookup(&key);
-    if (value) {
-        value->last_ns = now;
-        return;
+    if (value && value->slot == slot) {
+        if (now - value->last_ns > FLOW_TOUCH_NS)
+            value->last_ns = now;
+        if (value->peer_generation == generation_of(value->peer))
+            return value->peer;
+        value->peer = resolve_peer(remote, e->family);   /* the peer's slot changed owner */
+        value->peer_generation = generation_of(value->peer);
+        return value->peer;
     }
-    struct flow_value fresh = {.first_ns = now, .last_ns = now, .slot = slot};
-    int err = flows.insert(&key, &fresh);
+    struct flow_value fresh = {.first_ns = now, .last_ns = now, .slot = slot,
+                               .peer = resolve_peer(remote, e->family)};
+    fresh.peer_generation = generation_of(fresh.peer);
+    int err = value ? flows.update(&key, &fresh) : flows.insert(&key, &fresh);
     if (err == 0) {
         count_stat(STAT_FLOW_INSERTS);
         u64 *opened = flows_opened.lookup(&slot);
@@ -151,30 +188,20 @@ static __always_inline void account_flow(struct cntrace_event *e, u32 slot, int 
     } else if (err != -17) {   /* -EEXIST: another CPU inserted it first */
         count_stat(STAT_FLOW_UPDATE_FAILED);
     }
+    return fresh.peer;
 }
 
-/* A packet at a device hook: count it if the device is a container's. */
-static __always_inline void account_device(struct cntrace_event *e, u64 skb, u32 bytes)
+/* A packet at a container's own interface: traffic, peer and flow. */
+static __always_inline void account_device(struct cntrace_event *e, u64 skb, u32 bytes,
+                                           u32 slot)
 {
-    struct iface_key ikey = {.netns = e->netns, .ifindex = e->ifindex};
-    u32 *found = container_ifaces.lookup(&ikey);
-    if (!found)
-        return;
-    u32 slot = *found;
     int rx = e->hook == HOOK_RECV;
     u32 packets = skb_segments(skb);
     u32 index = slot * 2 + rx;
     add_traffic(traffic.lookup(&index), packets, bytes);
-
-    u8 *remote = rx ? e->saddr : e->daddr;
-    struct peer_key pkey = {.slot = slot, .peer = PEER_EXTERNAL, .direction = rx};
-    u32 *peer = slot_of_addr(remote, e->family);
-    if (peer)
-        pkey.peer = *peer;
-    else if (is_host_addr(remote, e->family))
-        pkey.peer = PEER_HOST;
+    struct peer_key pkey = {.slot = slot, .peer = account_flow(e, slot, rx),
+                            .direction = rx};
     bump_peer(&pkey, packets, bytes);
-    account_flow(e, slot, rx);
 }
 
 /* After SNAT (POSTROUTING) and after DNAT (PREROUTING, OUTPUT): packets of
@@ -205,11 +232,21 @@ static __always_inline void account_nat(struct cntrace_event *e, u64 skb, u32 by
     }
 }
 
-/* A drop: the container is the packet's source or destination, or its
- * conntrack original source (a drop after SNAT). */
-static __always_inline void account_drop(struct cntrace_event *e, u64 skb)
+/* A drop belongs to the container whose interface the packet was on (a full
+ * socket buffer in b is b's drop), else to the container named by its
+ * addresses or, after SNAT, by its conntrack original source.  Returns 1 when
+ * the daemon should also get an event: at most one per container and reason
+ * a second, so a drop storm costs user space nothing. */
+#define DROP_EVENT_INTERVAL_NS 1000000000ULL
+BPF_HASH(drop_last_event, struct drop_key, u64, 16384);
+
+static __always_inline int account_drop(struct cntrace_event *e, u64 skb, u64 dev)
 {
-    u32 *slot = slot_of_addr(e->saddr, e->family);
+    read_device(dev, &e->ifindex, &e->netns, 0);
+    struct iface_key ikey = {.netns = e->netns, .ifindex = e->ifindex};
+    u32 *slot = container_ifaces.lookup(&ikey);
+    if (!slot)
+        slot = slot_of_addr(e->saddr, e->family);
     if (!slot)
         slot = slot_of_addr(e->daddr, e->family);
     if (!slot) {
@@ -218,19 +255,63 @@ static __always_inline void account_drop(struct cntrace_event *e, u64 skb)
             slot = slot_of_addr(e->ct_orig_src, e->family);
     }
     if (!slot)
-        return;
+        return 0;
     struct drop_key key = {.slot = *slot, .reason = e->drop_reason};
     bump_drop(&key);
+    u64 now = bpf_ktime_get_ns();
+    u64 *last = drop_last_event.lookup(&key);
+    if (last && now - *last < DROP_EVENT_INTERVAL_NS)
+        return 0;
+    drop_last_event.update(&key, &now);
+    return 1;
 }
 
-static __always_inline void account(struct cntrace_event *e, u64 skb, u32 bytes)
+/* Device hooks (raw tracepoints): only a container's own interfaces count. */
+static __always_inline int count_device(u64 skb, u64 dev, u8 hook, int l3_from_data)
 {
-    if (e->hook == HOOK_XMIT || e->hook == HOOK_RECV)
-        account_device(e, skb, bytes);
-    else if (e->hook == HOOK_DROP)
-        account_drop(e, skb);
-    else
-        account_nat(e, skb, bytes);
+    struct cntrace_event e = {.hook = hook};
+    u16 protocol = 0;
+    u64 data = 0;
+    u32 len = 0;
+    read_device(dev, &e.ifindex, &e.netns, 0);
+    struct iface_key ikey = {.netns = e.netns, .ifindex = e.ifindex};
+    u32 *slot = container_ifaces.lookup(&ikey);
+    if (!slot)
+        return 0;
+    u64 l3 = locate_l3(skb, l3_from_data, &protocol);
+    if (!l3 || parse_ip(&e, l3, protocol))
+        return 0;
+    READ_KERNEL(data, skb, OFF_SKB_DATA);
+    READ_KERNEL(len, skb, OFF_SKB_LEN);
+    /* IP-layer bytes: skb->len less any link-layer header before l3. */
+    account_device(&e, skb, l3 >= data ? len - (u32)(l3 - data) : len, *slot);
+    return 0;
+}
+
+/* Netfilter hooks: only packets whose conntrack entry carries the NAT this
+ * hook follows (SNAT at POSTROUTING, DNAT at PREROUTING/OUTPUT). */
+static __always_inline int count_nat(u64 skb, u8 hook)
+{
+#ifdef OFF_SKB_NFCT
+    u64 nfct = 0, status = 0;
+    u32 len = 0;
+    u16 protocol = 0;
+    READ_KERNEL(nfct, skb, OFF_SKB_NFCT);
+    u64 ct = nfct & ~7ULL;
+    if (!ct || (nfct & 7) >= IP_CT_IS_REPLY)
+        return 0;
+    READ_KERNEL(status, ct, OFF_CT_STATUS);
+    u32 wanted = hook == HOOK_NF_POST ? IPS_SRC_NAT_BIT : IPS_DST_NAT_BIT;
+    if (!(status & wanted))
+        return 0;
+    struct cntrace_event e = {.hook = hook};
+    READ_KERNEL(protocol, skb, OFF_SKB_PROTOCOL);
+    e.family = protocol == ETH_P_IPV6_BE ? 6 : 4;
+    read_conntrack(&e, skb);
+    READ_KERNEL(len, skb, OFF_SKB_LEN);   /* at the IP layer, skb->data is the IP header */
+    account_nat(&e, skb, len);
+#endif
+    return 0;
 }
 
 #endif /* CNTRACE_ACCOUNTING_H */

@@ -142,8 +142,10 @@ struct flow_key {
 
 struct flow_value {
     u64 first_ns;
-    u64 last_ns;
+    u64 last_ns;          /* refreshed at most every FLOW_TOUCH_NS */
     u32 slot;
+    u32 peer;             /* the remote end, resolved once per flow... */
+    u32 peer_generation;  /* ...and trusted while that slot keeps its owner */
     u32 pad;
 };
 

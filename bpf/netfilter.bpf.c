@@ -28,6 +28,10 @@ int cntrace_netfilter(void *ctx)
     u8 hook = 0;
 
     READ_KERNEL(hook, state, OFF_NFSTATE_HOOK);
+#ifdef COUNT_METRICS
+    count_nat(skb, nf_hook_to_event_hook(hook));   /* the daemon only counts NAT here */
+    return NF_ACCEPT;
+#endif
     READ_KERNEL(in, state, OFF_NFSTATE_IN);
     READ_KERNEL(out, state, OFF_NFSTATE_OUT);
     e.kind = EVENT_PACKET;

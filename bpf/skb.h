@@ -260,49 +260,44 @@ static __always_inline int who_match(struct filter_config *cfg, struct cntrace_e
     return 0;
 }
 
-/* Fill the packet part of an event from the skb, filter, and emit. */
+/* Where the IP header starts.  netif_receive_skb fires before the stack
+ * resets network_header; there skb->data already points past the link-layer
+ * header.  Returns 0 for a non-IP packet. */
+static __always_inline u64 locate_l3(u64 skb, int l3_from_data, u16 *protocol)
+{
+    u64 head = 0, l3 = 0;
+    u16 network_header = 0;
+    READ_KERNEL(*protocol, skb, OFF_SKB_PROTOCOL);
+    if (*protocol != ETH_P_IP_BE && *protocol != ETH_P_IPV6_BE)
+        return 0;
+    if (l3_from_data) {
+        READ_KERNEL(l3, skb, OFF_SKB_DATA);
+        return l3;
+    }
+    READ_KERNEL(head, skb, OFF_SKB_HEAD);
+    READ_KERNEL(network_header, skb, OFF_SKB_NETWORK_HEADER);
+    return network_header == 0xffff ? 0 : head + network_header;
+}
+
 #ifdef COUNT_METRICS
 #include "accounting.h"
 #endif
 
-/* `dev` (0 if the caller filled the device fields) is read only for packets
- * that pass the header checks. */
+/* Fill the packet part of an event from the skb, filter, and emit.  `dev`
+ * (0 if the caller filled the device fields) is read only for packets that
+ * pass the header checks. */
 static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u64 skb,
                                           u64 dev, int l3_from_data)
 {
-    u64 head = 0;
-    u64 l3 = 0;
     u16 protocol = 0;
-    u16 network_header = 0;
     u32 len = 0;
+    u64 l3 = locate_l3(skb, l3_from_data, &protocol);
 
-    READ_KERNEL(protocol, skb, OFF_SKB_PROTOCOL);
-    if (protocol != ETH_P_IP_BE && protocol != ETH_P_IPV6_BE)
-        return 0;
-    if (l3_from_data) {
-        /* netif_receive_skb fires before the stack resets network_header;
-         * skb->data already points past the link-layer header. */
-        READ_KERNEL(l3, skb, OFF_SKB_DATA);
-    } else {
-        READ_KERNEL(head, skb, OFF_SKB_HEAD);
-        READ_KERNEL(network_header, skb, OFF_SKB_NETWORK_HEADER);
-        if (network_header == 0xffff)
-            return 0;
-        l3 = head + network_header;
-    }
-    if (parse_ip(e, l3, protocol))
+    if (!l3 || parse_ip(e, l3, protocol))
         return 0;
 #ifdef COUNT_METRICS
-    u64 data = l3;
-    if (!l3_from_data)
-        READ_KERNEL(data, skb, OFF_SKB_DATA);
-    READ_KERNEL(len, skb, OFF_SKB_LEN);
-    if (dev) {
-        read_device(dev, &e->ifindex, &e->netns, e->ifname);
-        dev = 0;
-    }
-    /* IP-layer bytes: skb->len less any link-layer header before l3. */
-    account(e, skb, l3 >= data ? len - (u32)(l3 - data) : len);
+    if (e->hook == HOOK_DROP && !account_drop(e, skb, dev))
+        return 0;
 #endif
     struct filter_config *cfg = active_filter();
     if (cfg && !header_match(cfg, e))

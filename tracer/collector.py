@@ -7,10 +7,12 @@ sampler's last pass (flows, conntrack), the client_python custom-collector way.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
@@ -62,22 +64,24 @@ class Sampler:
     def sample(self) -> Sample:
         tracked = self._registry.snapshot()
         now = time.monotonic_ns()
-        flows = self._counters.flows()
         active: dict[int, int] = {}
-        for flow in flows:
+        entries = 0
+        for flow in self._counters.flows():
+            entries += 1
             owner = tracked.get(flow.slot)
             # A flow older than its slot's owner belonged to a previous owner.
             if owner and flow.first_ns >= owner.since_ns and now - flow.last_ns <= self._idle_ns:
                 active[flow.slot] = active.get(flow.slot, 0) + 1
-        result = Sample(flows_entries=len(flows), active_flows=active, taken_at=time.time())
+        result = Sample(flows_entries=entries, active_flows=active, taken_at=time.time())
         if self._conntrack:
             entries, result.conntrack_entries, result.conntrack_limit = self._conntrack()
             by_addr = {a: t.slot for t in tracked.values() for a in t.addresses}
-            for status, orig_src, reply_src in entries:
-                if status & wire.IPS_SRC_NAT and orig_src in by_addr:
+            # NAT shows in the tuples: the reply no longer mirrors the original.
+            for orig_src, orig_dst, reply_src, reply_dst in entries:
+                if reply_dst != orig_src and orig_src in by_addr:
                     slot = by_addr[orig_src]
                     result.snat_bindings[slot] = result.snat_bindings.get(slot, 0) + 1
-                if status & wire.IPS_DST_NAT and reply_src in by_addr:
+                if reply_src != orig_dst and reply_src in by_addr:
                     slot = by_addr[reply_src]
                     result.dnat_bindings[slot] = result.dnat_bindings.get(slot, 0) + 1
         self.latest = result
@@ -94,14 +98,33 @@ class Sampler:
         self._stop.set()
 
 
-def read_conntrack() -> tuple[list[tuple[int, str, str]], int | None, int | None]:
-    """(status, orig src, reply src) of every conntrack entry, and table use."""
-    from pyroute2 import Conntrack
+_CT_LINE = re.compile(r"src=(\S+) dst=(\S+) .*?src=(\S+) dst=(\S+)")
 
-    with Conntrack() as ct:
-        entries = [(e.status, e.tuple_orig.saddr, e.tuple_reply.saddr)
-                   for e in ct.dump_entries()]
-        return entries, ct.count(), ct.conntrack_max_size()
+
+def read_conntrack(proc_net: str = "/proc/net/nf_conntrack",
+                   proc_sys: str = "/proc/sys/net/netfilter"
+                   ) -> tuple[list[tuple[str, str, str, str]], int | None, int | None]:
+    """(orig src, orig dst, reply src, reply dst) of each conntrack entry,
+    and the table's use and limit.  /proc is parsed when present (64k
+    entries in well under a second); conntrack netlink otherwise."""
+    try:
+        text = Path(proc_net).read_text()
+        entries = [m.groups() for m in _CT_LINE.finditer(text)]
+    except OSError:
+        from pyroute2 import Conntrack
+
+        with Conntrack() as ct:
+            entries = [(e.tuple_orig.saddr, e.tuple_orig.daddr, e.tuple_reply.saddr,
+                        e.tuple_reply.daddr) for e in ct.dump_entries()]
+    return entries, _read_int(f"{proc_sys}/nf_conntrack_count"), \
+        _read_int(f"{proc_sys}/nf_conntrack_max")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class CntraceCollector:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Iterator
 
 from tracer import wire
 from tracer.filters import addr_key
 
 SLOT_ARRAYS = ("snat", "snat_translations", "flows_opened")
-SLOT_HASHES = ("peer_traffic", "drops", "dnat", "dnat_translations")
+SLOT_HASHES = ("peer_traffic", "drops", "dnat", "dnat_translations", "drop_last_event")
 
 
 def _sum_traffic(per_cpu) -> tuple[int, int]:
@@ -57,6 +58,9 @@ class BpfCounters:
         self._t["snat"][ctypes.c_int(slot)] = (wire.Traffic * ncpu)()
         for name in ("snat_translations", "flows_opened"):
             self._t[name][ctypes.c_int(slot)] = (ctypes.c_uint64 * ncpu)()
+        # Flows that cached this slot as their peer re-resolve it.
+        generation = self._t["slot_generation"]
+        generation[ctypes.c_int(slot)] = ctypes.c_uint32(generation[ctypes.c_int(slot)].value + 1)
         for name in SLOT_HASHES:
             table = self._t[name]
             for key in list(table.keys()):
@@ -105,10 +109,13 @@ class BpfCounters:
     def flow_capacity(self) -> int:
         return self._t["flows"].max_entries
 
-    def flows(self) -> list[wire.FlowValue]:
-        """All flow-table values: batch lookups when the kernel has them."""
+    def flows(self) -> Iterator[wire.FlowValue]:
+        """Every flow-table value, streamed: batch lookups when the kernel
+        has them, a key-by-key walk otherwise."""
         table = self._t["flows"]
         try:
-            return [v for _, v in table.items_lookup_batch()]
-        except Exception:  # no batch ops for this map type/kernel: walk it
-            return [v for _, v in table.items()]
+            for _, value in table.items_lookup_batch():
+                yield value
+        except Exception:  # no batch lookups for this map type on this kernel
+            for _, value in table.items():
+                yield value

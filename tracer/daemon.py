@@ -245,10 +245,13 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
     for thread in watchers:
         thread.start()
     last_reconcile = time.monotonic()
+    seen_drops: set[tuple[str, str]] = set()
     try:
         while not stop.is_set():
-            stats.events_received += len(reader.poll(200))
+            events = reader.poll(200)
+            stats.events_received += len(events)
             stats.events_undecodable = reader.decode_errors
+            _log_new_drops(events, registry, tracer.drop_reasons, seen_drops)
             due = time.monotonic() - last_reconcile >= config.reconcile_seconds
             if dirty.is_set() or due:
                 dirty.clear()
@@ -258,6 +261,22 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         sampler.stop()
         server.stop()
     return 0
+
+
+def _log_new_drops(events, registry: Registry, reasons: dict[int, str],
+                   seen: set[tuple[str, str]]) -> None:
+    """One log line the first time a container drops for a reason (the
+    kernel sends at most one drop event per container and reason a second)."""
+    tracked = registry.snapshot().values()
+    for event in events:
+        owner = next((t.container.name for t in tracked
+                      if (event.netns, event.ifindex) in t.ifaces
+                      or event.src in t.addresses or event.dst in t.addresses), None)
+        reason = reasons.get(event.drop_reason, str(event.drop_reason))
+        if owner and (owner, reason) not in seen:
+            seen.add((owner, reason))
+            log.info("drops seen: container %s, reason %s (%s > %s)", owner, reason,
+                     event.src, event.dst)
 
 
 def _reconcile(registry: Registry) -> None:

@@ -47,6 +47,10 @@ NETFILTER_HOOKS = tuple(
         (nflink.NF_INET_POST_ROUTING, 101),
     )
 )
+DAEMON_NETFILTER_HOOKS = tuple(
+    h for h in NETFILTER_HOOKS
+    if h[1] in (nflink.NF_INET_PRE_ROUTING, nflink.NF_INET_LOCAL_OUT, nflink.NF_INET_POST_ROUTING)
+)
 NETFILTER_FUNCTION = "cntrace_netfilter"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
@@ -173,7 +177,9 @@ def load(
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(bpf, name))
         if netfilter:
-            tracer.hooks.extend(_attach_netfilter(tracer))
+            # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
+            hooks = DAEMON_NETFILTER_HOOKS if flow_table_size is not None else NETFILTER_HOOKS
+            tracer.hooks.extend(_attach_netfilter(tracer, hooks))
     except BaseException:
         tracer.close()
         raise
@@ -194,10 +200,10 @@ def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
     return HookStatus(hook, True, gives)
 
 
-def _attach_netfilter(tracer: Tracer) -> list[HookStatus]:
+def _attach_netfilter(tracer: Tracer, hooks: tuple) -> list[HookStatus]:
     names = [
         f"netfilter:{'ipv4' if pf == nflink.NFPROTO_IPV4 else 'ipv6'}:{nflink.HOOK_NAMES[hook]}"
-        for pf, hook, _ in NETFILTER_HOOKS
+        for pf, hook, _ in hooks
     ]
     lost = "lost: NAT translations and routing (in/out device) at this hook"
     if not tracer.layout.has_netfilter_programs:
@@ -211,7 +217,7 @@ def _attach_netfilter(tracer: Tracer) -> list[HookStatus]:
         why = f"the kernel refused the netfilter program ({exc})"
         return [HookStatus(n, False, f"{why}; {lost}") for n in names]
     statuses = []
-    for name, (pf, hook, priority) in zip(names, NETFILTER_HOOKS, strict=True):
+    for name, (pf, hook, priority) in zip(names, hooks, strict=True):
         try:
             fd, used = _link_at_free_priority(function.fd, pf, hook, priority)
         except OSError as exc:

@@ -160,7 +160,8 @@ class FlowValue(ctypes.Structure):
     """struct flow_value"""
 
     _fields_ = [("first_ns", ctypes.c_uint64), ("last_ns", ctypes.c_uint64),
-                ("slot", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+                ("slot", ctypes.c_uint32), ("peer", ctypes.c_uint32),
+                ("peer_generation", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class DecodeError(ValueError):
