@@ -140,7 +140,8 @@ def scrape_1000_containers() -> list[str]:
     try:
         counters = BpfCounters(tracer)
         tracked = {slot: Tracked(slot, Container(f"id{slot}", f"container-{slot:04d}", 1, 1, {}),
-                                 frozenset(), frozenset(), 0) for slot in range(1000)}
+                                 frozenset(), frozenset(), frozenset(), 0)
+                   for slot in range(1000)}
 
         class Registry:
             attribution_failures = 0

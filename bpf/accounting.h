@@ -6,9 +6,9 @@
  * device that is not a container's, a packet whose conntrack entry has no
  * NAT -- before any header is parsed.
  *
- * Every packet is counted once per container and direction, at the
- * container's own interface (inside its netns): tx when it leaves the
- * container, rx when it arrives, however many hops it crosses on the host.
+ * Every packet is counted once per container and direction, by tcx on the
+ * container's host-side veth: tx when it leaves the container, rx when it
+ * arrives, however many hops it crosses on the host.
  * NAT is counted at the netfilter hooks that follow the NAT table, drops at
  * kfree_skb.  The daemon maps containers to slots through container_ifaces
  * and container_addrs and reads these maps at scrape time.
@@ -28,7 +28,7 @@
 #define IP_CT_NEW 2
 #define IP_CT_IS_REPLY 3
 
-BPF_HASH(container_ifaces, struct iface_key, u32, MAX_CONTAINERS * 4);
+BPF_HASH(container_ifaces, struct iface_key, u32, MAX_CONTAINERS * 4);  /* drops */
 BPF_HASH(container_addrs, struct addr_key, u32, MAX_CONTAINERS * 4);
 BPF_HASH(host_addrs, struct addr_key, u8, 1024);
 BPF_PERCPU_ARRAY(traffic, struct traffic, MAX_CONTAINERS * 2);   /* slot * 2 + direction */
@@ -148,7 +148,7 @@ static __always_inline u32 generation_of(u32 peer)
 
 static __always_inline u32 account_flow(struct cntrace_event *e, u32 slot, int rx)
 {
-    struct flow_key key = {.netns = e->netns, .proto = e->proto};
+    struct flow_key key = {.owner = slot, .proto = e->proto};
     u64 now = bpf_ktime_get_ns();
     u8 *remote = rx ? e->saddr : e->daddr;
     if (rx) {
@@ -189,19 +189,6 @@ static __always_inline u32 account_flow(struct cntrace_event *e, u32 slot, int r
         count_stat(STAT_FLOW_UPDATE_FAILED);
     }
     return fresh.peer;
-}
-
-/* A packet at a container's own interface: traffic, peer and flow. */
-static __always_inline void account_device(struct cntrace_event *e, u64 skb, u32 bytes,
-                                           u32 slot)
-{
-    int rx = e->hook == HOOK_RECV;
-    u32 packets = skb_segments(skb);
-    u32 index = slot * 2 + rx;
-    add_traffic(traffic.lookup(&index), packets, bytes);
-    struct peer_key pkey = {.slot = slot, .peer = account_flow(e, slot, rx),
-                            .direction = rx};
-    bump_peer(&pkey, packets, bytes);
 }
 
 /* After SNAT (POSTROUTING) and after DNAT (PREROUTING, OUTPUT): packets of
@@ -266,26 +253,57 @@ static __always_inline int account_drop(struct cntrace_event *e, u64 skb, u64 de
     return 1;
 }
 
-/* Device hooks (raw tracepoints): only a container's own interfaces count. */
-static __always_inline int count_device(u64 skb, u64 dev, u8 hook, int l3_from_data)
+/* tcx on a container's host-side veth: ingress is what the container sent,
+ * egress what it receives.  Runs only on container veths (2 program runs per
+ * packet instead of one per device hop) and reads the packet with
+ * bpf_skb_load_bytes, not kernel-memory probes: the daemon's main path. */
+BPF_HASH(tc_slots, u32, u32, MAX_CONTAINERS * 4);   /* host veth ifindex -> slot */
+
+static __always_inline void count_tc(struct __sk_buff *skb, int rx)
 {
-    struct cntrace_event e = {.hook = hook};
-    u16 protocol = 0;
-    u64 data = 0;
-    u32 len = 0;
-    read_device(dev, &e.ifindex, &e.netns, 0);
-    struct iface_key ikey = {.netns = e.netns, .ifindex = e.ifindex};
-    u32 *slot = container_ifaces.lookup(&ikey);
+    u32 ifindex = skb->ifindex;
+    u32 *slot = tc_slots.lookup(&ifindex);
     if (!slot)
-        return 0;
-    u64 l3 = locate_l3(skb, l3_from_data, &protocol);
-    if (!l3 || parse_ip(&e, l3, protocol))
-        return 0;
-    READ_KERNEL(data, skb, OFF_SKB_DATA);
-    READ_KERNEL(len, skb, OFF_SKB_LEN);
-    /* IP-layer bytes: skb->len less any link-layer header before l3. */
-    account_device(&e, skb, l3 >= data ? len - (u32)(l3 - data) : len, *slot);
-    return 0;
+        return;
+    struct cntrace_event e = {.hook = rx ? HOOK_TC_EGRESS : HOOK_TC_INGRESS};
+    u8 l3[40] = {};
+    u32 ihl = 40;
+    if (skb->protocol == ETH_P_IP_BE) {
+        if (bpf_skb_load_bytes(skb, 14, l3, 20))
+            return;
+        e.family = 4;
+        e.proto = l3[9];
+        __builtin_memcpy(e.saddr, &l3[12], 4);
+        __builtin_memcpy(e.daddr, &l3[16], 4);
+        ihl = (l3[0] & 0x0f) * 4;
+        if ((l3[6] & 0x1f) | l3[7])
+            e.proto = 0;   /* a non-first fragment: no ports */
+    } else if (skb->protocol == ETH_P_IPV6_BE) {
+        if (bpf_skb_load_bytes(skb, 14, l3, 40))
+            return;
+        e.family = 6;
+        e.proto = l3[6];
+        __builtin_memcpy(e.saddr, &l3[8], 16);
+        __builtin_memcpy(e.daddr, &l3[24], 16);
+    } else {
+        return;
+    }
+    u16 ports[4] = {};
+    if (e.proto && !bpf_skb_load_bytes(skb, 14 + (ihl & 0x7f), ports, 8)) {
+        if (e.proto == PROTO_ICMP || e.proto == PROTO_ICMPV6) {
+            e.sport = be16_to_host(ports[2]);   /* echo identifier */
+        } else {
+            e.sport = be16_to_host(ports[0]);
+            e.dport = be16_to_host(ports[1]);
+        }
+    }
+    u32 packets = skb->gso_segs ? skb->gso_segs : 1;
+    u32 bytes = skb->len > 14 ? skb->len - 14 : 0;   /* IP-layer: less the Ethernet header */
+    u32 index = *slot * 2 + rx;
+    add_traffic(traffic.lookup(&index), packets, bytes);
+    struct peer_key pkey = {.slot = *slot, .peer = account_flow(&e, *slot, rx),
+                            .direction = rx};
+    bump_peer(&pkey, packets, bytes);
 }
 
 /* Netfilter hooks: only packets whose conntrack entry carries the NAT this

@@ -1,16 +1,12 @@
 /* Every packet leaving or arriving on any device, in every network namespace:
  * container eth0, both veth ends, bridges, uplinks.  Raw tracepoints, so no
- * kprobes are needed; ctx->args[] are the tracepoint's TP_PROTO arguments.
- * The daemon build (COUNT_METRICS) only counts here and streams nothing. */
+ * kprobes are needed; ctx->args[] are the tracepoint's TP_PROTO arguments. */
 #include "skb.h"
 
 /* TP_PROTO(const struct sk_buff *skb, const struct net_device *dev).  Use
  * the dev argument: for a veth, skb->dev may already name the peer. */
 int cntrace_dev_xmit(struct bpf_raw_tracepoint_args *ctx)
 {
-#ifdef COUNT_METRICS
-    return count_device(ctx->args[0], ctx->args[1], HOOK_XMIT, 0);
-#endif
     struct cntrace_event e = {};
     u64 dev = ctx->args[1];
     e.kind = EVENT_PACKET;
@@ -21,11 +17,6 @@ int cntrace_dev_xmit(struct bpf_raw_tracepoint_args *ctx)
 /* TP_PROTO(struct sk_buff *skb) */
 int cntrace_dev_receive(struct bpf_raw_tracepoint_args *ctx)
 {
-#ifdef COUNT_METRICS
-    u64 rx_dev = 0;
-    READ_KERNEL(rx_dev, ctx->args[0], OFF_SKB_DEV);
-    return count_device(ctx->args[0], rx_dev, HOOK_RECV, 1);
-#endif
     struct cntrace_event e = {};
     u64 skb = ctx->args[0];
     u64 dev = 0;

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from collections.abc import Iterator
 
-from tracer import wire
+from tracer import bpflink, wire
 from tracer.filters import addr_key
 
 SLOT_ARRAYS = ("snat", "snat_translations", "flows_opened")
@@ -27,6 +28,34 @@ class BpfCounters:
 
     def __init__(self, tracer) -> None:
         self._t = tracer
+        self._veth_links: dict[int, tuple[int, ...]] = {}
+
+    def attach_veth(self, ifindex: int, slot: int) -> bool:
+        """Link the tcx counters to a container's host-side veth."""
+        programs = self._t.tc_program_fds
+        if programs is None or ifindex in self._veth_links:
+            return False
+        self._t["tc_slots"][ctypes.c_uint32(ifindex)] = ctypes.c_uint32(slot)
+        links = []
+        try:
+            links.append(bpflink.tcx_link_create(programs[0], ifindex, bpflink.BPF_TCX_INGRESS))
+            links.append(bpflink.tcx_link_create(programs[1], ifindex, bpflink.BPF_TCX_EGRESS))
+        except OSError:
+            for fd in links:
+                os.close(fd)
+            self._delete("tc_slots", ctypes.c_uint32(ifindex))
+            return False
+        self._veth_links[ifindex] = tuple(links)
+        return True
+
+    def detach_veth(self, ifindex: int) -> None:
+        for fd in self._veth_links.pop(ifindex, ()):
+            os.close(fd)
+        self._delete("tc_slots", ctypes.c_uint32(ifindex))
+
+    def close(self) -> None:
+        for ifindex in list(self._veth_links):
+            self.detach_veth(ifindex)
 
     # ------------------------------------------------------------- writing
     def set_iface(self, netns: int, ifindex: int, slot: int) -> None:

@@ -260,6 +260,7 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
     finally:
         sampler.stop()
         server.stop()
+        counters.close()
     return 0
 
 

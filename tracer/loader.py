@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer import nflink
+from tracer import bpflink
 from tracer.btf import Btf
 from tracer.errors import KernelFeatureError, PrivilegeError
 from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
@@ -38,20 +38,20 @@ RAW_TRACEPOINTS = {
 # filter table (0) in FORWARD, right after SNAT (100) on the way out.
 NETFILTER_HOOKS = tuple(
     (pf, hook, priority)
-    for pf in (nflink.NFPROTO_IPV4, nflink.NFPROTO_IPV6)
+    for pf in (bpflink.NFPROTO_IPV4, bpflink.NFPROTO_IPV6)
     for hook, priority in (
-        (nflink.NF_INET_PRE_ROUTING, -99),
-        (nflink.NF_INET_LOCAL_IN, 101),
-        (nflink.NF_INET_FORWARD, -1),
-        (nflink.NF_INET_LOCAL_OUT, -99),
-        (nflink.NF_INET_POST_ROUTING, 101),
+        (bpflink.NF_INET_PRE_ROUTING, -99),
+        (bpflink.NF_INET_LOCAL_IN, 101),
+        (bpflink.NF_INET_FORWARD, -1),
+        (bpflink.NF_INET_LOCAL_OUT, -99),
+        (bpflink.NF_INET_POST_ROUTING, 101),
     )
 )
-DAEMON_NETFILTER_HOOKS = tuple(
-    h for h in NETFILTER_HOOKS
-    if h[1] in (nflink.NF_INET_PRE_ROUTING, nflink.NF_INET_LOCAL_OUT, nflink.NF_INET_POST_ROUTING)
-)
+NAT_HOOKS = (bpflink.NF_INET_PRE_ROUTING, bpflink.NF_INET_LOCAL_OUT, bpflink.NF_INET_POST_ROUTING)
+DAEMON_NETFILTER_HOOKS = tuple(h for h in NETFILTER_HOOKS if h[1] in NAT_HOOKS)
 NETFILTER_FUNCTION = "cntrace_netfilter"
+TCX_FUNCTIONS = ("cntrace_tc_from_container", "cntrace_tc_to_container")
+LOOPBACK_IFINDEX = 1
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
@@ -111,6 +111,9 @@ class Tracer:
     layout: KernelLayout
     drop_reasons: dict[int, str] = field(default_factory=dict)
     hooks: list[HookStatus] = field(default_factory=list)
+    # The daemon's tcx programs (from container, to container), linked per
+    # container veth by tracer.counters; None when tcx is unavailable.
+    tc_program_fds: tuple[int, int] | None = None
     _link_fds: list[int] = field(default_factory=list)
 
     def __getitem__(self, map_name: str):
@@ -173,12 +176,17 @@ def load(
     except Exception as exc:  # bcc raises bare Exception on compile/load failure
         raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
     tracer = Tracer(bpf, kernel.layout, kernel.drop_reasons)
+    daemon = flow_table_size is not None
+    if daemon:   # traffic is counted by tcx on container veths, not device tracepoints
+        tracepoints = [name for name in tracepoints if name == "kfree_skb"]
     try:
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(bpf, name))
+        if daemon:
+            tracer.hooks.append(_load_tcx(tracer))
         if netfilter:
             # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
-            hooks = DAEMON_NETFILTER_HOOKS if flow_table_size is not None else NETFILTER_HOOKS
+            hooks = DAEMON_NETFILTER_HOOKS if daemon else NETFILTER_HOOKS
             tracer.hooks.extend(_attach_netfilter(tracer, hooks))
     except BaseException:
         tracer.close()
@@ -188,6 +196,23 @@ def load(
         missing = "; ".join(f"{h.name}: {h.detail}" for h in tracer.hooks)
         raise KernelFeatureError(f"no BPF hook could be attached ({missing})")
     return tracer
+
+
+def _load_tcx(tracer: Tracer) -> HookStatus:
+    """Load the tcx counting programs and probe that tcx links work (on lo,
+    linked and unlinked at once); the registry links them per container."""
+    name = "tcx:container-veths"
+    lost = "lost: per-container traffic, peer and flow counters"
+    try:
+        from bcc import BPF
+
+        programs = tuple(tracer.bpf.load_func(f, BPF.SCHED_CLS).fd for f in TCX_FUNCTIONS)
+        os.close(bpflink.tcx_link_create(programs[0], LOOPBACK_IFINDEX,
+                                         bpflink.BPF_TCX_INGRESS))
+    except Exception as exc:  # bcc: bare Exception; the link: OSError
+        return HookStatus(name, False, f"tcx links need kernel >= 6.6 ({exc}); {lost}")
+    tracer.tc_program_fds = programs
+    return HookStatus(name, True, "linked on each container's host veth")
 
 
 def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
@@ -202,7 +227,7 @@ def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
 
 def _attach_netfilter(tracer: Tracer, hooks: tuple) -> list[HookStatus]:
     names = [
-        f"netfilter:{'ipv4' if pf == nflink.NFPROTO_IPV4 else 'ipv6'}:{nflink.HOOK_NAMES[hook]}"
+        f"netfilter:{'ipv4' if pf == bpflink.NFPROTO_IPV4 else 'ipv6'}:{bpflink.HOOK_NAMES[hook]}"
         for pf, hook, _ in hooks
     ]
     lost = "lost: NAT translations and routing (in/out device) at this hook"
@@ -211,7 +236,7 @@ def _attach_netfilter(tracer: Tracer, hooks: tuple) -> list[HookStatus]:
         return [HookStatus(n, False, f"{why}; {lost}") for n in names]
     try:
         function = tracer.bpf.load_func(
-            NETFILTER_FUNCTION, nflink.BPF_PROG_TYPE_NETFILTER, attach_type=nflink.BPF_NETFILTER
+            NETFILTER_FUNCTION, bpflink.BPF_PROG_TYPE_NETFILTER, attach_type=bpflink.BPF_NETFILTER
         )
     except Exception as exc:
         why = f"the kernel refused the netfilter program ({exc})"
@@ -233,11 +258,11 @@ def _link_at_free_priority(prog_fd: int, pf: int, hook: int, priority: int) -> t
     priority) and answers EBUSY for a second: another cntrace (the daemon
     while trace-ping runs) may hold ours.  Step away from the NAT or filter
     table we sit next to, never across it."""
-    step = -1 if hook == nflink.NF_INET_FORWARD else 1
+    step = -1 if hook == bpflink.NF_INET_FORWARD else 1
     busy = OSError(errno.EBUSY, "no free priority")
     for candidate in range(priority, priority + step * PRIORITY_SLOTS, step):
         try:
-            return nflink.link_create(prog_fd, pf, hook, candidate), candidate
+            return bpflink.link_create(prog_fd, pf, hook, candidate), candidate
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise

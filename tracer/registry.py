@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tracer.topology import ROLE_CONTAINER, Container, Topology
+from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, Container, Topology
 
 log = logging.getLogger("cntrace.registry")
 
@@ -29,6 +29,7 @@ class Tracked:
     container: Container
     ifaces: frozenset[tuple[int, int]]     # (netns inode, ifindex) of its own interfaces
     addresses: frozenset[str]
+    veths: frozenset[int]                  # host-side veth ifindexes: where it is counted
     since_ns: int                          # CLOCK_MONOTONIC at allocation
 
 
@@ -41,6 +42,8 @@ class CounterMaps(Protocol):
     def delete_addr(self, address: str) -> None: ...
     def set_host_addrs(self, addresses: set[str]) -> None: ...
     def clear_slot(self, slot: int) -> None: ...
+    def attach_veth(self, ifindex: int, slot: int) -> bool: ...
+    def detach_veth(self, ifindex: int) -> None: ...
 
 
 def container_addresses(container: Container) -> frozenset[str]:
@@ -97,6 +100,10 @@ class Registry:
                     (i.netns, i.ifindex) for i in topo.interfaces.values()
                     if i.role == ROLE_CONTAINER and i.container_id == cid
                 )
+                veths = frozenset(
+                    i.ifindex for i in topo.interfaces.values()
+                    if i.role == ROLE_VETH_HOST and i.container_id == cid
+                )
                 addresses = container_addresses(container)
                 current = self._by_id.get(cid)
                 if current and (current.container.netns, current.container.pid) != (
@@ -104,10 +111,11 @@ class Registry:
                     gone.append(self._remove(cid))   # restarted: a new netns, a new slot
                     current = None
                 if current is None:
-                    if self._add(container, ifaces, addresses):
+                    if self._add(container, ifaces, addresses, veths):
                         started.append(container.name)
-                elif (current.ifaces, current.addresses) != (ifaces, addresses):
-                    self._update(current, container, ifaces, addresses)
+                elif (current.ifaces, current.addresses, current.veths) != (
+                        ifaces, addresses, veths):
+                    self._update(current, container, ifaces, addresses, veths)
         return started, gone
 
     def _allocate(self) -> int | None:
@@ -116,39 +124,49 @@ class Registry:
             slot = self._freed.popleft()
         return slot
 
-    def _add(self, container: Container, ifaces, addresses) -> bool:
+    def _add(self, container: Container, ifaces, addresses, veths) -> bool:
         slot = self._allocate()
         if slot is None:
             self.attribution_failures += 1
             log.warning("no counter slot left for container %s", container.name)
             return False
         self._maps.clear_slot(slot)
-        tracked = Tracked(slot, container, ifaces, addresses, self._clock_ns())
-        for netns, ifindex in ifaces:
-            self._maps.set_iface(netns, ifindex, slot)
-        for address in addresses:
-            self._maps.set_addr(address, slot)
+        tracked = Tracked(slot, container, ifaces, addresses, veths, self._clock_ns())
+        self._write(tracked, frozenset(), frozenset(), frozenset())
         self._by_id[container.id] = tracked
         return True
 
-    def _update(self, current: Tracked, container: Container, ifaces, addresses) -> None:
-        for netns, ifindex in current.ifaces - ifaces:
+    def _update(self, current: Tracked, container: Container, ifaces, addresses,
+                veths) -> None:
+        tracked = Tracked(current.slot, container, ifaces, addresses, veths, current.since_ns)
+        self._write(tracked, current.ifaces - ifaces, current.addresses - addresses,
+                    current.veths - veths, current)
+        self._by_id[container.id] = tracked
+
+    def _write(self, tracked: Tracked, old_ifaces, old_addresses, old_veths,
+               current: Tracked | None = None) -> None:
+        """Take out what went away, then put in what is new."""
+        for netns, ifindex in old_ifaces:
             self._maps.delete_iface(netns, ifindex)
-        for address in current.addresses - addresses:
+        for address in old_addresses:
             self._maps.delete_addr(address)
-        for netns, ifindex in ifaces - current.ifaces:
-            self._maps.set_iface(netns, ifindex, current.slot)
-        for address in addresses - current.addresses:
-            self._maps.set_addr(address, current.slot)
-        self._by_id[container.id] = Tracked(current.slot, container, ifaces, addresses,
-                                            current.since_ns)
+        for ifindex in old_veths:
+            self._maps.detach_veth(ifindex)
+        known = current or Tracked(tracked.slot, tracked.container, frozenset(), frozenset(),
+                                   frozenset(), 0)
+        for netns, ifindex in tracked.ifaces - known.ifaces:
+            self._maps.set_iface(netns, ifindex, tracked.slot)
+        for address in tracked.addresses - known.addresses:
+            self._maps.set_addr(address, tracked.slot)
+        for ifindex in tracked.veths - known.veths:
+            if not self._maps.attach_veth(ifindex, tracked.slot):
+                self.attribution_failures += 1
+                log.warning("cannot count container %s: no tcx link on its veth %d",
+                            tracked.container.name, ifindex)
 
     def _remove(self, cid: str) -> str:
         tracked = self._by_id.pop(cid)
-        for netns, ifindex in tracked.ifaces:
-            self._maps.delete_iface(netns, ifindex)
-        for address in tracked.addresses:
-            self._maps.delete_addr(address)
+        self._write(tracked, tracked.ifaces, tracked.addresses, tracked.veths, tracked)
         self._maps.clear_slot(tracked.slot)
         self._freed.append(tracked.slot)
         return tracked.container.name

@@ -20,6 +20,8 @@ HOOKS = {
     6: "OUTPUT",
     7: "POSTROUTING",
     8: "drop",          # kfree_skb
+    9: "tc-egress",     # daemon only: toward a container
+    10: "tc-ingress",   # daemon only: from a container
 }
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
@@ -145,7 +147,7 @@ class FlowKey(ctypes.Structure):
     """struct flow_key"""
 
     _fields_ = [
-        ("netns", ctypes.c_uint32),
+        ("owner", ctypes.c_uint32),
         ("proto", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
         ("local_port", ctypes.c_uint16),

@@ -270,7 +270,7 @@ def test_promtool_accepts_the_exposition(daemon):
     assert code == 0, output
 
 
-def test_sigterm_detaches_everything(testbed):
+def test_sigterm_detaches_everything(testbed, docker_client):
     def our_links() -> int:
         """BPF links whose program is one of ours (names start with cntrace_)."""
         def bpftool(*args):
@@ -285,7 +285,9 @@ def test_sigterm_detaches_everything(testbed):
     d = Daemon()
     try:
         d.wait_ready()
-        assert our_links() == before + 9   # 3 raw tracepoints, netfilter PRE/OUT/POST x 2
+        veths = len(docker_client.containers.list())   # one veth each on the testbed
+        wait_until(lambda: our_links() == before + 1 + 6 + 2 * veths,
+                   "kfree_skb, netfilter PRE/OUT/POST x 2, tcx in+out per container veth")
     finally:
         code, err = d.stop()
     assert code == 0, err

@@ -7,8 +7,17 @@ from tracer.registry import Registry
 
 
 class FakeMaps:
-    def __init__(self):
+    def __init__(self, tcx=True):
         self.ifaces, self.addrs, self.host, self.cleared = {}, {}, set(), []
+        self.veths, self.tcx = {}, tcx
+
+    def attach_veth(self, ifindex, slot):
+        if self.tcx:
+            self.veths[ifindex] = slot
+        return self.tcx
+
+    def detach_veth(self, ifindex):
+        self.veths.pop(ifindex, None)
 
     def set_iface(self, netns, ifindex, slot):
         self.ifaces[(netns, ifindex)] = slot
@@ -45,6 +54,7 @@ def test_containers_get_slots_interfaces_and_addresses():
     assert maps.ifaces == {(fakes.A_NS, 10): slots["a"], (fakes.B_NS, 10): slots["b"]}
     assert maps.addrs == {"172.17.0.2": slots["a"], "fd00::2": slots["a"],
                           "172.17.0.3": slots["b"]}
+    assert maps.veths == {11: slots["a"], 13: slots["b"]}   # the host-side veths
     assert registry.reconcile() == ([], [])   # nothing changed, nothing written again
 
 
@@ -57,6 +67,7 @@ def test_a_removed_container_leaves_the_maps_and_its_slot_is_zeroed_and_reused_l
     topo[0] = without(topo[0], "a")
     assert registry.reconcile() == ([], ["a"])
     assert (fakes.A_NS, 10) not in maps.ifaces and "172.17.0.2" not in maps.addrs
+    assert 11 not in maps.veths
     assert maps.cleared.count(slot_a) == 2          # zeroed when taken and when freed
     topo[0] = fakes.topology()                       # a comes back: gets the freed slot
     registry.reconcile()
@@ -94,3 +105,9 @@ def test_host_addresses_come_from_host_interfaces():
                                                               addresses=("172.17.0.1/16",))
     Registry(maps, lambda: topo, max_slots=8).reconcile()
     assert maps.host == {"172.17.0.1"}
+
+
+def test_a_veth_that_cannot_be_linked_is_an_attribution_failure():
+    registry = Registry(FakeMaps(tcx=False), fakes.topology, max_slots=8)
+    registry.reconcile()
+    assert registry.attribution_failures == 2

@@ -1,8 +1,7 @@
-"""BPF netfilter links: attach a BPF_PROG_TYPE_NETFILTER program at a hook.
-
-bcc 0.26 has no helper for BPF_LINK_CREATE with attach type BPF_NETFILTER
-(kernel >= 6.4), so this is the raw bpf(2) call.  Closing the link's fd
-detaches it; nothing is pinned, so a killed process leaves nothing behind.
+"""BPF links bcc 0.26 cannot make: netfilter hooks (BPF_NETFILTER, kernel
+>= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6), both
+through the raw bpf(2) BPF_LINK_CREATE call.  Closing a link's fd detaches
+it; nothing is pinned, so even a killed process leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import struct
 
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
 BPF_LINK_CREATE = 28
 
 NFPROTO_IPV4 = 2
@@ -40,17 +41,27 @@ _ATTR_SIZE = 144  # >= sizeof(union bpf_attr) fields used; the tail stays zero
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def link_create(prog_fd: int, pf: int, hooknum: int, priority: int) -> int:
-    """Create a netfilter link and return its fd; OSError on failure."""
+def _link_create(attr: bytes) -> int:
     number = _BPF_SYSCALL.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
-    # union bpf_attr.link_create: prog_fd, target_fd, attach_type, flags,
-    # then netfilter {pf, hooknum, priority, flags}.
-    attr = struct.pack("=IIIIIIiI", prog_fd, 0, BPF_NETFILTER, 0, pf, hooknum, priority, 0)
     buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
     fd = _libc.syscall(number, BPF_LINK_CREATE, buf, _ATTR_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return fd
+
+
+def link_create(prog_fd: int, pf: int, hooknum: int, priority: int) -> int:
+    """A netfilter link; returns its fd, OSError on failure."""
+    # union bpf_attr.link_create: prog_fd, target_fd, attach_type, flags,
+    # then netfilter {pf, hooknum, priority, flags}.
+    return _link_create(struct.pack("=IIIIIIiI", prog_fd, 0, BPF_NETFILTER, 0, pf, hooknum,
+                                    priority, 0))
+
+
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
+    """A tcx link on a device (appended after other tcx programs); its fd."""
+    # link_create: prog_fd, target_ifindex, attach_type, flags; tcx options zero.
+    return _link_create(struct.pack("=IIII", prog_fd, ifindex, attach_type, 0))
