@@ -44,7 +44,7 @@ def iperf(client_pid: int, server_ip: str, udp: bool, seconds: int = 3) -> float
     args = ["-u", "-b", "0", "-l", "64"] if udp else []
     out = subprocess.run(["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip,
                           "-t", str(seconds), "-J", *args],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, timeout=seconds + 30)
     end = json.loads(out.stdout)["end"]
     if udp:
         summary = end["sum"]
@@ -202,7 +202,7 @@ def main() -> int:
         a, b = info.containers["a"], info.containers["b"]
         check_route(b.ip, [b.bridge])
         server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
-                                  stdout=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         try:
             rows += overhead(a, b, args.reps)

@@ -33,7 +33,8 @@ def udp_rate(client_pid: int, server_ip: str, seconds: int) -> float:
     """64-byte UDP datagrams per second received, iperf3 in the containers' netns."""
     out = subprocess.run(
         ["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip, "-u", "-b", "0",
-         "-l", "64", "-t", str(seconds), "-J"], capture_output=True, text=True, check=True)
+         "-l", "64", "-t", str(seconds), "-J"], capture_output=True, text=True, check=True,
+        timeout=seconds + 30)
     end = json.loads(out.stdout)["end"]
     summary = end.get("sum_received") or end["sum"]
     return summary["packets"] / summary["seconds"] if "packets" in summary else \
@@ -69,7 +70,7 @@ def main() -> int:
         assert all(code == 1 for _, code in unreach), unreach
 
         server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
-                                  stdout=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         base, during, attached = [], [], []
         try:
