@@ -44,27 +44,13 @@ BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE
 
 static __always_inline u32 *slot_of_addr(u8 *addr, u8 family)
 {
-    struct addr_key key = {};
-    if (family == 4) {
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        __builtin_memcpy(&key.addr[12], addr, 4);
-    } else {
-        __builtin_memcpy(key.addr, addr, 16);
-    }
+    struct addr_key key = make_addr_key(addr, family);
     return container_addrs.lookup(&key);
 }
 
 static __always_inline int is_host_addr(u8 *addr, u8 family)
 {
-    struct addr_key key = {};
-    if (family == 4) {
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        __builtin_memcpy(&key.addr[12], addr, 4);
-    } else {
-        __builtin_memcpy(key.addr, addr, 16);
-    }
+    struct addr_key key = make_addr_key(addr, family);
     return host_addrs.lookup(&key) != 0;
 }
 

@@ -184,7 +184,8 @@ static __always_inline void read_conntrack(struct cntrace_event *e, u64 skb)
 #endif
 }
 
-static __always_inline int addr_in_filter(u8 *addr, u8 family)
+/* The form every address map is keyed by: IPv6, or IPv4-mapped IPv6. */
+static __always_inline struct addr_key make_addr_key(u8 *addr, u8 family)
 {
     struct addr_key key = {};
     if (family == 4) {
@@ -194,6 +195,12 @@ static __always_inline int addr_in_filter(u8 *addr, u8 family)
     } else {
         __builtin_memcpy(key.addr, addr, 16);
     }
+    return key;
+}
+
+static __always_inline int addr_in_filter(u8 *addr, u8 family)
+{
+    struct addr_key key = make_addr_key(addr, family);
     return filter_addrs.lookup(&key) != 0;
 }
 
