@@ -14,5 +14,5 @@ int cntrace_drop(struct bpf_raw_tracepoint_args *ctx)
     e.location = ctx->args[1];
     e.drop_reason = (u32)ctx->args[2];
     READ_KERNEL(dev, skb, OFF_SKB_DEV);
-    return emit_skb_event(ctx, &e, skb, dev, 0);
+    return emit_skb_event(ctx, &e, skb, dev, 0, 0);
 }

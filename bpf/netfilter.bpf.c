@@ -24,7 +24,6 @@ int cntrace_netfilter(void *ctx)
     struct cntrace_event e = {};
     u64 state = *(u64 *)((u64)ctx + OFF_NFCTX_STATE);
     u64 skb = *(u64 *)((u64)ctx + OFF_NFCTX_SKB);
-    u64 in = 0, out = 0, net = 0;
     u8 hook = 0;
 
     READ_KERNEL(hook, state, OFF_NFSTATE_HOOK);
@@ -32,19 +31,8 @@ int cntrace_netfilter(void *ctx)
     count_nat(skb, nf_hook_to_event_hook(hook));   /* the daemon only counts NAT here */
     return NF_ACCEPT;
 #endif
-    READ_KERNEL(in, state, OFF_NFSTATE_IN);
-    READ_KERNEL(out, state, OFF_NFSTATE_OUT);
     e.kind = EVENT_PACKET;
     e.hook = nf_hook_to_event_hook(hook);
-    read_device(in, &e.in_ifindex, &e.netns, 0);
-    read_device(out, &e.out_ifindex, &e.netns, 0);
-    /* The hook's own device: where the packet is (in) or is going (out). */
-    read_device(hook <= 2 ? in : out, &e.ifindex, &e.netns, e.ifname);
-    if (!e.netns) {
-        READ_KERNEL(net, state, OFF_NFSTATE_NET);
-        if (net)
-            READ_KERNEL(e.netns, net, OFF_NET_INUM);
-    }
-    emit_skb_event(ctx, &e, skb, 0, 0);
+    emit_skb_event(ctx, &e, skb, 0, 0, state);   /* devices read only if it passes */
     return NF_ACCEPT;
 }

@@ -290,11 +290,31 @@ static __always_inline u64 locate_l3(u64 skb, int l3_from_data, u16 *protocol)
 #include "accounting.h"
 #endif
 
-/* Fill the packet part of an event from the skb, filter, and emit.  `dev`
- * (0 if the caller filled the device fields) is read only for packets that
- * pass the header checks. */
+/* A netfilter hook's devices: in, out, and the hook's own (where the packet
+ * is, or where routing sends it), with the netns. */
+static __always_inline void read_nf_devices(struct cntrace_event *e, u64 state)
+{
+#ifdef OFF_NFSTATE_IN
+    u64 in = 0, out = 0, net = 0;
+    READ_KERNEL(in, state, OFF_NFSTATE_IN);
+    READ_KERNEL(out, state, OFF_NFSTATE_OUT);
+    read_device(in, &e->in_ifindex, &e->netns, 0);
+    read_device(out, &e->out_ifindex, &e->netns, 0);
+    int inbound = e->hook == HOOK_NF_PRE || e->hook == HOOK_NF_IN || e->hook == HOOK_NF_FWD;
+    read_device(inbound ? in : out, &e->ifindex, &e->netns, e->ifname);
+    if (!e->netns) {
+        READ_KERNEL(net, state, OFF_NFSTATE_NET);
+        if (net)
+            READ_KERNEL(e->netns, net, OFF_NET_INUM);
+    }
+#endif
+}
+
+/* Fill the packet part of an event from the skb, filter, and emit.  The
+ * device (`dev`, or a netfilter hook's `nf_state`; 0 when the caller filled
+ * the fields) is read only for packets that pass the header checks. */
 static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u64 skb,
-                                          u64 dev, int l3_from_data)
+                                          u64 dev, int l3_from_data, u64 nf_state)
 {
     u16 protocol = 0;
     u32 len = 0;
@@ -311,6 +331,8 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
         return 0;
     if (dev)
         read_device(dev, &e->ifindex, &e->netns, e->ifname);
+    if (nf_state)
+        read_nf_devices(e, nf_state);
     READ_KERNEL(len, skb, OFF_SKB_LEN);
     e->len = len;
     e->skb = skb;
