@@ -39,6 +39,7 @@ class Sample:
     """One pass over the flow table and conntrack (slow: done off the scrape path)."""
 
     flows_entries: int = 0
+    flow_evictions: int = 0        # kept monotonic: it is exported as a counter
     active_flows: dict[int, int] = field(default_factory=dict)
     snat_bindings: dict[int, int] = field(default_factory=dict)
     dnat_bindings: dict[int, int] = field(default_factory=dict)
@@ -52,27 +53,35 @@ class Sampler:
 
     def __init__(self, counters, registry: Registry, flow_idle_s: float,
                  conntrack: Callable[[], tuple[list, int | None, int | None]] | None,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self._counters = counters
         self._registry = registry
         self._idle_ns = int(flow_idle_s * 1e9)
         self._conntrack = conntrack
         self._interval = interval
+        self._clock_ns = clock_ns   # CLOCK_MONOTONIC, as bpf_ktime_get_ns
         self.latest = Sample()
         self._stop = threading.Event()
 
     def sample(self) -> Sample:
         tracked = self._registry.snapshot()
-        now = time.monotonic_ns()
+        now = self._clock_ns()
         active: dict[int, int] = {}
         entries = 0
+        # Inserts read before the walk, entries counted during it, in the same
+        # pass: nothing deletes flows but LRU eviction, so the difference is
+        # the evictions (a flow inserted mid-walk only makes it smaller).
+        inserts = self._counters.stats()[wire.STAT_FLOW_INSERTS]
         for flow in self._counters.flows():
             entries += 1
             owner = tracked.get(flow.slot)
             # A flow older than its slot's owner belonged to a previous owner.
             if owner and flow.first_ns >= owner.since_ns and now - flow.last_ns <= self._idle_ns:
                 active[flow.slot] = active.get(flow.slot, 0) + 1
-        result = Sample(flows_entries=entries, active_flows=active, taken_at=time.time())
+        evictions = max(self.latest.flow_evictions, inserts - entries)
+        result = Sample(flows_entries=entries, flow_evictions=evictions, active_flows=active,
+                        taken_at=time.time())
         if self._conntrack:
             entries, result.conntrack_entries, result.conntrack_limit = self._conntrack()
             by_addr = {a: t.slot for t in tracked.values() for a in t.addresses}
@@ -297,10 +306,9 @@ class CntraceCollector:
             capacity.add_metric([name], size)
         yield entries
         yield capacity
-        inserts = stats[wire.STAT_FLOW_INSERTS]
         yield CounterMetricFamily("cntrace_flow_table_evictions", "Flows evicted from the "
-                                  "full LRU flow table", value=max(0, inserts -
-                                                                   sample.flows_entries))
+                                  "full LRU flow table (as of the last flow-table walk)",
+                                  value=sample.flow_evictions)
         failures = CounterMetricFamily("cntrace_map_update_failures",
                                        "Failed BPF map updates", labels=["map"])
         failures.add_metric(["flows"], stats[wire.STAT_FLOW_UPDATE_FAILED])
