@@ -19,7 +19,10 @@ APT_PACKAGES=(
 )
 # Only for `test`, without recommends: the scrape tests run their own Prometheus
 # (and promtool); on a systemd host the package's own service would start too.
-TEST_APT_PACKAGES=(prometheus iperf3 tcpdump)
+TEST_APT_PACKAGES=(
+    prometheus iperf3 tcpdump
+    systemd libcap2-bin python3-seccomp  # systemd-analyze; capsh; the capability sandbox
+)
 PY_TEST_PACKAGES=(pytest hypothesis ruff)
 
 log() { echo "setup: $*" >&2; }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,18 @@ from tracer.btf import Btf
 from tracer.errors import KernelFeatureError, PrivilegeError
 from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-if not BPF_DIR.is_dir():  # installed layout: bpf/ shipped inside the package
-    BPF_DIR = Path(__file__).resolve().parent / "bpf"
+
+def _find_bpf_dir() -> Path:
+    """bpf/ beside the package (a checkout), or where the wheel's data_files
+    put it (an install: <prefix>/share/cntrace/bpf)."""
+    for candidate in (Path(__file__).resolve().parent.parent / "bpf",
+                      Path(sys.prefix) / "share" / "cntrace" / "bpf"):
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+BPF_DIR = _find_bpf_dir()
 
 # bcc's frontend rewrites map calls only in the main file, so local headers
 # are inlined here instead of left to the preprocessor.
@@ -67,23 +77,24 @@ class HookStatus:
         return {"hook": self.name, "attached": self.attached, "detail": self.detail}
 
 
-def check_privileges() -> None:
-    """Root, or the capabilities BPF tracing needs (CAP_BPF + CAP_PERFMON +
-    CAP_NET_ADMIN, or CAP_SYS_ADMIN)."""
-    if os.geteuid() == 0:
-        return
+def check_privileges(status_path: str = "/proc/self/status") -> None:
+    """The effective capabilities BPF tracing needs: CAP_SYS_ADMIN, or
+    CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (deploy/CAPABILITIES.md has the
+    daemon's measured set).  Checked on capabilities, not uid: root inside a
+    restricted bounding set holds none of them."""
     cap_eff = 0
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(status_path).read_text().splitlines():
             if line.startswith("CapEff:"):
                 cap_eff = int(line.split()[1], 16)
     except OSError:
-        pass
+        cap_eff = ~0 if os.geteuid() == 0 else 0
     cap_sys_admin, cap_net_admin, cap_perfmon, cap_bpf = 21, 12, 38, 39
     needed = (1 << cap_bpf) | (1 << cap_perfmon) | (1 << cap_net_admin)
     if cap_eff & (1 << cap_sys_admin) or cap_eff & needed == needed:
         return
-    raise PrivilegeError("cntrace needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")
+    raise PrivilegeError("cntrace needs root (or CAP_SYS_ADMIN, or CAP_BPF, CAP_PERFMON "
+                         "and CAP_NET_ADMIN)")
 
 
 def program_source(bpf_dir: Path = BPF_DIR) -> str:

@@ -21,6 +21,7 @@ joining and role rules are tested over fixtures without root or Docker.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ import docker
 import requests
 from pyroute2 import IPRoute
 
-from tracer.errors import DockerUnavailableError, UsageError
+from tracer.errors import DockerUnavailableError, PrivilegeError, UsageError
 
 ROLE_CONTAINER = "container"  # a container's interface inside its netns (eth0)
 ROLE_VETH_HOST = "veth-host"  # host end of a container's veth
@@ -383,8 +384,14 @@ def discover(
             inode = os.stat(path).st_ino
             if inode not in by_inode:
                 by_inode[inode] = read_links(path)
-        except OSError:  # the container exited between inspect and here
-            continue
+        except Exception as exc:  # pyroute2 relays its netns helper's failure as it comes
+            if getattr(exc, "errno", None) in (errno.EPERM, errno.EACCES) or \
+                    "not permitted" in str(exc):
+                raise PrivilegeError(
+                    f"cannot enter the network namespace of container "
+                    f"{attrs.get('Name', '?').lstrip('/')}: needs CAP_SYS_ADMIN and "
+                    "CAP_SYS_PTRACE") from exc
+            continue   # the container exited between inspect and here
         seen.append((attrs, by_inode[inode]))
     return assemble(host, seen, networks)
 
