@@ -11,6 +11,7 @@ import ctypes
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,14 +62,6 @@ class StreamOptions:
     btf_path: str = loader.DEFAULT_BTF
 
 
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(_signum, _frame) -> None:
-    raise _Stop
-
-
 def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """`cntrace events`.  Errors before the stream starts are CntraceErrors."""
     loader.check_privileges()
@@ -76,9 +69,12 @@ def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
     client = topology.docker_client()
     kernel_filter = filters.resolve(options.spec, topology.discover(client))
     tracer = loader.load(kernel, ringbuf_pages=options.ringbuf_pages)
-    stats = {"emitted": 0, "lost": 0}
     reader = None
-    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C and SIGTERM only set a flag: the loop stops between polls, never
+    # inside a topology refresh (whose netns helper processes must be closed).
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         filters.install(kernel_filter, tracer)
         attributor = Attributor(
@@ -90,13 +86,12 @@ def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         reader = EventReader(tracer)
         print(f"cntrace: tracing on {len(tracer.attached)}/{len(tracer.hooks)} hooks; "
               "Ctrl-C stops", file=err, flush=True)
-        _stream(reader, attributor, options, out, err)
-    except (KeyboardInterrupt, _Stop):
-        pass
+        _stream(reader, attributor, options, out, err, stop)
     except BrokenPipeError:
         sys.stdout = None  # the reader went away: nothing left to print to
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if reader is not None:
             stats = reader.kernel_stats()
             print(
@@ -114,6 +109,7 @@ def _stream(
     options: StreamOptions,
     out: TextIO,
     err: TextIO,
+    stop: threading.Event,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     deadline = clock() + options.duration if options.duration else None
@@ -122,7 +118,7 @@ def _stream(
     lost_reported = 0
     if not options.as_json:
         print(output.HEADER, file=out, flush=True)
-    while deadline is None or clock() < deadline:
+    while not stop.is_set() and (deadline is None or clock() < deadline):
         for event in reader.poll(100):
             item = attributor.attribute(event)
             if options.as_json:
