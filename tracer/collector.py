@@ -7,6 +7,7 @@ sampler's last pass (flows, conntrack), the client_python custom-collector way.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -18,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from tracer import __version__, wire
 from tracer.registry import Registry
+
+log = logging.getLogger("cntrace.collector")
 
 DIRECTIONS = {wire.DIR_TX: "tx", wire.DIR_RX: "rx"}
 PROTOCOL_LABEL = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -97,11 +100,15 @@ class Sampler:
         return result
 
     def run(self) -> None:
-        while not self._stop.wait(0 if self.latest.taken_at == 0 else self._interval):
+        """Sample at once, then every `interval`; a failed pass (a map walk
+        racing a reload, conntrack unreadable) keeps the previous sample."""
+        delay = 0.0
+        while not self._stop.wait(delay):
+            delay = self._interval
             try:
                 self.sample()
-            except Exception:  # a failed pass keeps the previous sample
-                self.latest.taken_at = self.latest.taken_at or time.time()
+            except Exception as exc:  # noqa: BLE001 - logged, and the daemon keeps serving
+                log.warning("flow/conntrack sample failed: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()
