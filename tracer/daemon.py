@@ -142,6 +142,13 @@ class JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
 
 
+def is_relevant_event(event: object) -> bool:
+    """A Docker event that can change who is where ("exec_start: sh" and
+    other noise is not); tolerant of any payload shape."""
+    action = event.get("Action") if isinstance(event, dict) else None
+    return isinstance(action, str) and action.split(":")[0] in DOCKER_ACTIONS
+
+
 def _watch_docker(dirty: threading.Event, stop: threading.Event, stats: DaemonStats) -> None:
     """Mark the registry dirty on container/network events; reconnect with
     backoff when the engine goes away (a restart), then force a reconcile."""
@@ -158,7 +165,7 @@ def _watch_docker(dirty: threading.Event, stop: threading.Event, stats: DaemonSt
             for event in stream:
                 if stop.is_set():
                     return
-                if event.get("Action", "").split(":")[0] in DOCKER_ACTIONS:
+                if is_relevant_event(event):
                     dirty.set()
             raise DockerUnavailableError("event stream ended")
         except Exception as exc:  # any failure of the engine or its socket

@@ -2,7 +2,10 @@
 
 import dataclasses
 
+import pytest
+
 from tests.unit import fakes
+from tracer.daemon import is_relevant_event
 from tracer.registry import Registry
 
 
@@ -111,3 +114,16 @@ def test_a_veth_that_cannot_be_linked_is_an_attribution_failure():
     registry = Registry(FakeMaps(tcx=False), fakes.topology, max_slots=8)
     registry.reconcile()
     assert registry.attribution_failures == 2
+
+
+@pytest.mark.parametrize("event, relevant", [
+    ({"Type": "container", "Action": "start"}, True),
+    ({"Type": "network", "Action": "connect"}, True),
+    ({"Action": "exec_start: sh -c true"}, False),
+    ({"Action": None}, False),
+    ({"Action": 7}, False),
+    ({}, False),
+    ("not a dict", False),
+])
+def test_docker_event_relevance(event, relevant):
+    assert is_relevant_event(event) is relevant
