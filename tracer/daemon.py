@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -64,10 +65,20 @@ def _coerce(name: str, value, kind):
         if kind in ("int", int):
             return int(value)
         if kind in ("float", float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"config {name}: '{value}' is not a number") from None
-    return None if value in (None, "") else str(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"config {name}: '{str(value)[:40]}' is not a finite number") from None
+    if name == "web_listen_address" and value in (None, ""):
+        raise UsageError("config web_listen_address: empty (expected HOST:PORT)")
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if "\0" in text:
+        raise UsageError(f"config {name}: contains a NUL byte")
+    return text
 
 
 def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) -> Config:
@@ -76,7 +87,7 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) 
     if args.config:
         values.update(_read_yaml(args.config))
     known = {f.name: f.type for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(str(key) for key in set(values) - set(known))
     if unknown:
         raise UsageError(f"config {args.config}: unknown key '{unknown[0]}' "
                          f"(known: {', '.join(sorted(known))})")
@@ -100,12 +111,16 @@ def _read_yaml(path: str) -> dict:
     import yaml
 
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
+        with open(path, "rb") as handle:
+            data = yaml.safe_load(handle.read().decode("utf-8")) or {}
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UsageError(f"config {path} is nested too deeply") from None
     if not isinstance(data, dict):
         raise UsageError(f"config {path}: expected a mapping of settings")
     return data
@@ -123,8 +138,9 @@ def _validate(config: Config) -> None:
     if not 1024 <= config.flow_table_size <= 4_194_304:
         raise UsageError(f"flow_table_size {config.flow_table_size}: expected 1024-4194304")
     for name in ("flow_idle_seconds", "reconcile_seconds", "sample_seconds"):
-        if getattr(config, name) <= 0:
-            raise UsageError(f"{name} must be positive")
+        value = getattr(config, name)
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{name} must be a positive number of seconds")
     if config.ringbuf_pages < 1 or config.ringbuf_pages & (config.ringbuf_pages - 1):
         raise UsageError(f"ringbuf_pages {config.ringbuf_pages}: must be a power of 2")
     if config.log_level not in ("debug", "info", "warning", "error"):

@@ -434,11 +434,17 @@ def format_text(topo: Topology) -> str:
         if not net.bridge and not members:
             continue
         head = f"{net.name} ({net.driver})"
+        details = []
         if net.bridge:
             bridge = next((i for i in host_if.values() if i.name == net.bridge), None)
-            head += f"  bridge {net.bridge}" + (f"/{bridge.ifindex}" if bridge else " absent")
+            details.append(f"bridge {net.bridge}" + (f"/{bridge.ifindex}" if bridge else
+                                                     " absent"))
         gateway = [f"gw {net.gateway}"] if net.gateway else []
-        lines.extend(_wrap(head, [*net.subnets, *gateway], 4))
+        # A long network name takes the head line alone; the rest wraps under it.
+        if len(head) > WIDTH - 30:
+            lines.append(head[:WIDTH])
+            head = "   "
+        lines.extend(_wrap(head + " ", [*details, *net.subnets, *gateway], 4))
         for c in members:
             shown.add(c.id)
             lines.extend(_container_rows(topo, c, net, host_if))

@@ -150,6 +150,12 @@ def load(path: str) -> WebConfig:
         return _parse(path)
     except UsageError as exc:
         raise UsageError(f"web config {path}: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"web config {path}: nested too deeply") from None
+    except ValueError as exc:   # a NUL in a file name: open() refuses it
+        raise UsageError(f"web config {path}: {exc}") from None
+    except UnicodeError as exc:  # a lone surrogate in a file name or hash
+        raise UsageError(f"web config {path}: not encodable text ({exc.reason})") from None
 
 
 def _parse(path: str) -> WebConfig:
