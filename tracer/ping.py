@@ -188,6 +188,10 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
         raise UsageError(f"--timeout {req.timeout}: expected 0-60 seconds")
     if req.tcp is not None and req.udp is not None:
         raise UsageError("--tcp and --udp exclude each other")
+    for port in (req.tcp, req.udp):   # bad input is exit 2 whoever runs it
+        if port is not None:
+            filters.parse_port(port)
+    split_destination(req.destination)
     loader.check_privileges()
     kernel = loader.read_kernel(req.btf_path)
     client = topology.docker_client()

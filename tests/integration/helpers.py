@@ -58,3 +58,117 @@ def run_events(args: list[str], action: Callable[[], object], settle: float = 0.
             proc.wait()
     assert proc.returncode == 0, err
     return [json.loads(line) for line in out.splitlines()], "".join(stderr_lines) + err
+
+
+# ------------------------------------------------ BPF objects, processes, dockerd
+
+
+def bpftool(*args: str) -> list | dict:
+    """`bpftool -j ARGS`, parsed: the kernel's view, independent of cntrace."""
+    out = subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout or "[]")
+
+
+def bpf_programs(prefix: str = "") -> dict[int, dict]:
+    """Loaded BPF programs whose name starts with `prefix`, by id."""
+    return {p["id"]: p for p in bpftool("prog", "show") if p.get("name", "").startswith(prefix)}
+
+
+def bpf_links(prog_ids: set[int]) -> dict[int, dict]:
+    """BPF links (netfilter, tcx, raw tracepoint, ...) of these programs, by id."""
+    return {link["id"]: link for link in bpftool("link", "show")
+            if link.get("prog_id") in prog_ids}
+
+
+def percpu_array(map_id: int) -> dict[int, int]:
+    """A per-CPU array of u64, summed over CPUs: index -> total."""
+    return {entry["formatted"]["key"]: sum(v["value"] for v in entry["formatted"]["values"])
+            for entry in bpftool("map", "dump", "id", str(map_id))}
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def child_pids(pid: int) -> list[int]:
+    """Every process whose parent is `pid` (any thread of it may have forked)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                if f"\nPPid:\t{pid}\n" in status.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_and_restart_dockerd(engine, while_down: Callable[[], object] | None = None) -> None:
+    """SIGKILL the dockerd that `engine` (tracer.testbed.DockerEngine) started,
+    reap what died with it, run `while_down()`, and start a new dockerd with
+    engine.ensure_running() even when while_down fails.
+
+    The dockerd's own containerd dies with it (parent-death signal). Unless
+    it is reaped, containerd.pid names a zombie that looks alive, and the new
+    dockerd waits for it until its start times out; where PID 1 reaps no
+    orphans (this project's sandbox), nobody would. So this process is the
+    orphans' reaper for the moment of the kill. The sysctls the engine saw
+    before the first dockerd stay the ones engine.stop() restores: a second
+    start would otherwise record dockerd's own values as the host's.
+    """
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = engine.started_pid
+    original_sysctls = dict(engine._saved_sysctls)
+    children = child_pids(pid)
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        engine._proc.wait(timeout=20)
+        for child in children:       # now ours: reparented at dockerd's exit
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(child, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break            # not ours to reap, or gone already
+                time.sleep(0.1)
+            else:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+    finally:
+        libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+    engine._proc = None
+    engine.started_pid = None
+    try:
+        if while_down is not None:
+            while_down()
+    finally:
+        _restart(engine, original_sysctls)
+
+
+def _restart(engine, original_sysctls: dict[str, str]) -> None:
+    from tracer.testbed import write_sysctl
+
+    try:
+        engine.ensure_running(timeout=60)
+    except Exception:
+        for name, value in original_sysctls.items():   # no engine of ours is left
+            write_sysctl(name, value)
+        raise
+    engine._saved_sysctls = original_sysctls
+    engine._state.set("dockerd", {"pid": engine.started_pid, "socket": engine.socket,
+                                  "sysctls": original_sysctls})
