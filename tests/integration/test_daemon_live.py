@@ -313,7 +313,8 @@ def test_sigterm_detaches_everything(testbed, docker_client):
     (["--config", "/nonexistent.yml"], {}, "cannot read config /nonexistent.yml"),
     (["--web.config.file", "/nonexistent-web.yml"], {}, "/nonexistent-web.yml"),
     (["--web.listen-address", "nowhere"], {}, "expected HOST:PORT"),
-    ([], {"CNTRACE_FLOW_IDLE_SECONDS": "soon"}, "is not a number"),
+    ([], {"CNTRACE_FLOW_IDLE_SECONDS": "soon"}, "is not a finite number"),
+    ([], {"CNTRACE_SAMPLE_SECONDS": "nan"}, "is not a finite number"),
 ])
 def test_bad_config_exits_2_before_attaching(args, env, message):
     result = subprocess.run([*CNTRACE, "daemon", *args], capture_output=True, text=True,
