@@ -172,3 +172,21 @@ def _restart(engine, original_sysctls: dict[str, str]) -> None:
     engine._saved_sysctls = original_sysctls
     engine._state.set("dockerd", {"pid": engine.started_pid, "socket": engine.socket,
                                   "sysctls": original_sysctls})
+
+
+def bpf_held(pid: int) -> dict[str, set[int]]:
+    """Ids of the BPF programs, maps and links a process holds open, from
+    /proc/PID/fdinfo: its own, whatever other tracers run on the host."""
+    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    fd_dir = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fd_dir):
+        try:
+            with open(f"{fd_dir}/{fd}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue   # closed meanwhile
+        for kind in ("link", "map", "prog"):   # a link's fdinfo names its prog too
+            if f"{kind}_id" in fields:
+                held[kind].add(int(fields[f"{kind}_id"]))
+                break
+    return held
