@@ -1,5 +1,3 @@
-# WORK IN PROGRESS (issue 6): not collected by pytest until its one flaky case is found;
-# run it with: pytest tests/integration/reliability_wip.py (see the closing note).
 """cntrace under stress, on the real testbed: an event flood beyond the
 stream's capacity, a full flow table, container churn with abrupt netns
 deletion, dockerd killed and restarted, the daemon killed, a long soak, and
