@@ -17,46 +17,22 @@ Traffic stays between the testbed's own containers.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import CNTRACE, free_port, iperf, iperf_server, spread
+
 from tracer.probe import open_socket
 from tracer.testbed import DockerEngine, Testbed, check_route
-
-CNTRACE = [sys.executable, "-m", "tracer"]
-
-
-def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    mean = statistics.mean(values)
-    dev = statistics.pstdev(values) / mean * 100 if mean else 0
-    return f"{fmt.format(mean)} (+-{dev:.1f}%, n={len(values)})"
-
-
-def iperf(client_pid: int, server_ip: str, udp: bool, seconds: int = 3) -> float:
-    """UDP: 64-byte datagrams/s received; TCP: bits/s received."""
-    args = ["-u", "-b", "0", "-l", "64"] if udp else []
-    out = subprocess.run(["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip,
-                          "-t", str(seconds), "-J", *args],
-                         capture_output=True, text=True, check=True, timeout=seconds + 30)
-    end = json.loads(out.stdout)["end"]
-    if udp:
-        summary = end["sum"]
-        return summary["packets"] * (1 - summary["lost_percent"] / 100) / summary["seconds"]
-    return end["sum_received"]["bits_per_second"]
 
 
 class Daemon:
     def __init__(self, *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.proc = subprocess.Popen([*CNTRACE, "daemon", "--web.listen-address",
                                       f"127.0.0.1:{self.port}", *args],
                                      stderr=subprocess.DEVNULL)
@@ -201,15 +177,9 @@ def main() -> int:
         info = bed.up()
         a, b = info.containers["a"], info.containers["b"]
         check_route(b.ip, [b.bridge])
-        server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        try:
+        with iperf_server(b.pid):
             rows += overhead(a, b, args.reps)
             rows += stream_capacity(a, b)
-        finally:
-            server.terminate()
-            server.wait()
         rows += flows_64k(a, b)
         rows += scrape_1000_containers()
     finally:

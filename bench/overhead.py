@@ -16,30 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import CNTRACE, free_port, iperf, iperf_server, spread
+
 from tracer.testbed import DockerEngine, Testbed, check_route
-
-CNTRACE = [sys.executable, "-m", "tracer"]
-
-
-def iperf(client_pid: int, server_ip: str, udp: bool, seconds: int) -> float:
-    """UDP: 64-byte datagrams/s delivered; TCP: bits/s received."""
-    args = ["-u", "-b", "0", "-l", "64"] if udp else []
-    out = subprocess.run(["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip,
-                          "-t", str(seconds), "-J", *args],
-                         capture_output=True, text=True, check=True, timeout=seconds + 30)
-    end = json.loads(out.stdout)["end"]
-    if udp:
-        summary = end["sum"]
-        return summary["packets"] * (1 - summary["lost_percent"] / 100) / summary["seconds"]
-    return end["sum_received"]["bits_per_second"]
 
 
 @contextlib.contextmanager
@@ -76,16 +60,6 @@ def modes(a_name: str, wan_ip: str) -> dict[str, contextlib.AbstractContextManag
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spread(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    dev = statistics.pstdev(values) / mean * 100 if mean else 0
-    return f"{mean:.3f} (+-{dev:.1f}%)"
 
 
 def main() -> int:
@@ -102,10 +76,7 @@ def main() -> int:
         a, b = info.containers["a"], info.containers["b"]
         check_route(b.ip, [b.bridge])
         check_route(info.wan_ip, [info.wan_host_ifname])
-        server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        try:
+        with iperf_server(b.pid):
             for name, start in modes(a.name, info.wan_ip).items():
                 ratios = {"udp": [], "tcp": []}
                 for _ in range(args.reps):
@@ -116,9 +87,6 @@ def main() -> int:
                         ratios[proto].append(measured / base)
                 rows.append(f"| {name} | {spread(ratios['udp'])} | {spread(ratios['tcp'])} |")
                 print(rows[-1], file=sys.stderr, flush=True)
-        finally:
-            server.terminate()
-            server.wait()
     finally:
         bed.down()
         engine.stop()

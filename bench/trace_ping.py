@@ -12,15 +12,12 @@ Traffic goes only between the testbed's own containers and wan namespace.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
-import sys
 import time
 
-from tracer.testbed import DockerEngine, Testbed, check_route
+from benchlib import CNTRACE, iperf, iperf_server, spread
 
-CNTRACE = [sys.executable, "-m", "tracer"]
+from tracer.testbed import DockerEngine, Testbed, check_route
 
 
 def wall(args: list[str]) -> tuple[float, int]:
@@ -29,22 +26,6 @@ def wall(args: list[str]) -> tuple[float, int]:
     return time.monotonic() - start, code
 
 
-def udp_rate(client_pid: int, server_ip: str, seconds: int) -> float:
-    """64-byte UDP datagrams per second received, iperf3 in the containers' netns."""
-    out = subprocess.run(
-        ["nsenter", "-t", str(client_pid), "-n", "iperf3", "-c", server_ip, "-u", "-b", "0",
-         "-l", "64", "-t", str(seconds), "-J"], capture_output=True, text=True, check=True,
-        timeout=seconds + 30)
-    end = json.loads(out.stdout)["end"]
-    summary = end.get("sum_received") or end["sum"]
-    return summary["packets"] / summary["seconds"] if "packets" in summary else \
-        (summary["bytes"] / 64) / summary["seconds"]
-
-
-def spread(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    dev = statistics.pstdev(values) / mean * 100 if mean else 0
-    return f"{mean:.3f} (+-{dev:.1f}%, n={len(values)})"
 
 
 def main() -> int:
@@ -69,13 +50,10 @@ def main() -> int:
             subprocess.run(["iptables", "-D", *rule], check=True)
         assert all(code == 1 for _, code in unreach), unreach
 
-        server = subprocess.Popen(["nsenter", "-t", str(b.pid), "-n", "iperf3", "-s"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
         base, during, attached = [], [], []
-        try:
+        with iperf_server(b.pid):
             for _ in range(args.reps):
-                base.append(udp_rate(a.pid, b.ip, 3))
+                base.append(iperf(a.pid, b.ip, udp=True))
                 # Steady state: every hook attached with a probe-style kernel filter
                 # that matches none of this traffic, as during a trace-ping.
                 tracer = subprocess.Popen(
@@ -84,7 +62,7 @@ def main() -> int:
                 try:
                     while "tracing on" not in tracer.stderr.readline():
                         pass
-                    attached.append(udp_rate(a.pid, b.ip, 3))
+                    attached.append(iperf(a.pid, b.ip, udp=True))
                 finally:
                     tracer.terminate()
                     tracer.wait()
@@ -92,13 +70,10 @@ def main() -> int:
                     ["bash", "-c", f"while true; do {' '.join(CNTRACE)} ping {a.name} "
                      f"{info.wan_ip} >/dev/null; done"])
                 try:
-                    during.append(udp_rate(a.pid, b.ip, 3))
+                    during.append(iperf(a.pid, b.ip, udp=True))
                 finally:
                     pinger.terminate()
                     pinger.wait()
-        finally:
-            server.terminate()
-            server.wait()
         ratios = [d / x for d, x in zip(during, base, strict=True)]
         steady = [d / x for d, x in zip(attached, base, strict=True)]
         print(f"{'measure':<46} value")

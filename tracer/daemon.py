@@ -291,6 +291,8 @@ def _log_new_drops(events, registry: Registry, reasons: dict[int, str],
                    seen: set[tuple[str, str]]) -> None:
     """One log line the first time a container drops for a reason (the
     kernel sends at most one drop event per container and reason a second)."""
+    if not events:
+        return
     tracked = registry.snapshot().values()
     for event in events:
         owner = next((t.container.name for t in tracked

@@ -74,8 +74,7 @@ def resolve(spec: FilterSpec, topology: Topology) -> KernelFilter:
     for ref in spec.containers:
         container = topology.find_container(ref)
         result.netns.add(container.netns)
-        ips = [*container.networks.values(), *container.ipv6.values()]
-        result.addresses.update(str(ipaddress.ip_address(ip)) for ip in ips if ip)
+        result.addresses.update(container.addresses)
         result.ifaces.update(
             (iface.netns, iface.ifindex)
             for iface in topology.interfaces.values()

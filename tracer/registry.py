@@ -46,11 +46,6 @@ class CounterMaps(Protocol):
     def detach_veth(self, ifindex: int) -> None: ...
 
 
-def container_addresses(container: Container) -> frozenset[str]:
-    ips = [*container.networks.values(), *container.ipv6.values()]
-    return frozenset(str(ipaddress.ip_address(ip)) for ip in ips if ip)
-
-
 def host_addresses(topo: Topology) -> set[str]:
     """Every address on a host-netns interface (bridge gateways included)."""
     found = set()
@@ -104,7 +99,7 @@ class Registry:
                     i.ifindex for i in topo.interfaces.values()
                     if i.role == ROLE_VETH_HOST and i.container_id == cid
                 )
-                addresses = container_addresses(container)
+                addresses = container.addresses
                 current = self._by_id.get(cid)
                 if current and (current.container.netns, current.container.pid) != (
                         container.netns, container.pid):

@@ -22,6 +22,8 @@ joining and role rules are tested over fixtures without root or Docker.
 from __future__ import annotations
 
 import errno
+import functools
+import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -66,6 +68,12 @@ class Container:
     networks: dict[str, str]  # network name -> IPv4
     ipv6: dict[str, str] = field(default_factory=dict)  # network name -> IPv6
 
+    @property
+    def addresses(self) -> frozenset[str]:
+        """Every address it has, in the canonical form events carry."""
+        ips = [*self.networks.values(), *self.ipv6.values()]
+        return frozenset(str(ipaddress.ip_address(ip)) for ip in ips if ip)
+
 
 @dataclass(frozen=True)
 class Network:
@@ -102,10 +110,13 @@ class Topology:
         raise UsageError(f"unknown container '{ref}'")
 
     def container_by_address(self, ip: str) -> Container | None:
-        for c in self.containers.values():
-            if ip in c.networks.values() or ip in c.ipv6.values():
-                return c
-        return None
+        return self._by_address.get(ip)
+
+    @functools.cached_property
+    def _by_address(self) -> dict[str, Container]:
+        # Looked up twice per event in the stream: an index, built once per
+        # discovery (a Topology's containers never change after it).
+        return {a: c for c in self.containers.values() for a in c.addresses}
 
     def container_interfaces(self, container_id: str) -> list[Interface]:
         """The container's own interfaces (in its netns), by ifindex."""
