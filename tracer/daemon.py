@@ -27,6 +27,7 @@ from tracer.registry import Registry
 
 log = logging.getLogger("cntrace.daemon")
 
+DOCKER_CONNECT_WAIT_SECONDS = 5.0
 DOCKER_ACTIONS = {"start", "die", "destroy", "connect", "disconnect", "rename", "restart",
                   "pause", "unpause"}
 
@@ -167,14 +168,20 @@ def is_relevant_event(event: object) -> bool:
 
 def _watch_docker(dirty: threading.Event, stop: threading.Event, stats: DaemonStats) -> None:
     """Mark the registry dirty on container/network events; reconnect with
-    backoff when the engine goes away (a restart), then force a reconcile."""
+    backoff when the engine goes away (a restart), then force a reconcile.
+    docker_reconnects counts reconnections made, not attempts."""
     backoff = 1.0
+    ever_connected = False
     while not stop.is_set():
         try:
             client = topology.docker_client()
             stream = client.events(decode=True, filters={"type": ["container", "network"]})
-            if not stats.docker_connected:
+            if ever_connected:
+                stats.docker_reconnects += 1
+                log.info("docker: event stream reconnected")
+            else:
                 log.info("docker: event stream connected")
+            ever_connected = True
             stats.docker_connected = True
             backoff = 1.0
             dirty.set()
@@ -190,7 +197,6 @@ def _watch_docker(dirty: threading.Event, stop: threading.Event, stats: DaemonSt
             if stats.docker_connected:
                 log.warning("docker: lost the engine (%s); reconnecting", str(exc)[:200])
             stats.docker_connected = False
-            stats.docker_reconnects += 1
             stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
@@ -257,19 +263,21 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         return topo.to_dict() if topo else {}
 
     server = MetricsServer(host, port, metrics, web_config, topology_json, healthy)
-    server.start()
-    log.info("serving /metrics on %s:%d%s", host, server.port, " (TLS)" if web_config and
-             web_config.tls else "")
     dirty = threading.Event()
-    watchers = [threading.Thread(target=_watch_docker, args=(dirty, stop, stats),
-                                 name="docker-events", daemon=True),
-                threading.Thread(target=sampler.run, name="sampler", daemon=True)]
-    _reconcile(registry)
-    for thread in watchers:
-        thread.start()
-    last_reconcile = time.monotonic()
-    seen_drops: set[tuple[str, str]] = set()
+    # The event stream connects before the first reconcile and the first
+    # scrape: no container start slips between, docker_connected starts at 1.
+    threading.Thread(target=_watch_docker, args=(dirty, stop, stats), name="docker-events",
+                     daemon=True).start()
     try:
+        dirty.wait(DOCKER_CONNECT_WAIT_SECONDS)
+        dirty.clear()
+        _reconcile(registry)
+        threading.Thread(target=sampler.run, name="sampler", daemon=True).start()
+        server.start()
+        log.info("serving /metrics on %s:%d%s", host, server.port, " (TLS)" if web_config and
+                 web_config.tls else "")
+        last_reconcile = time.monotonic()
+        seen_drops: set[tuple[str, str]] = set()
         while not stop.is_set():
             events = reader.poll(200)
             stats.events_received += len(events)

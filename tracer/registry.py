@@ -10,12 +10,12 @@ ifindex, address or slot never carries counts to the wrong container.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, Container, Topology
@@ -23,7 +23,7 @@ from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, Container, Topology
 log = logging.getLogger("cntrace.registry")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Tracked:
     slot: int
     container: Container
@@ -31,6 +31,11 @@ class Tracked:
     addresses: frozenset[str]
     veths: frozenset[int]                  # host-side veth ifindexes: where it is counted
     since_ns: int                          # CLOCK_MONOTONIC at allocation
+    linked: frozenset[int] = frozenset()   # the veths whose tcx links are in place
+
+
+# What CounterMaps.attach_veth says.
+LINKED, GONE, FAILED, UNSUPPORTED = "linked", "gone", "failed", "unsupported"
 
 
 class CounterMaps(Protocol):
@@ -42,7 +47,7 @@ class CounterMaps(Protocol):
     def delete_addr(self, address: str) -> None: ...
     def set_host_addrs(self, addresses: set[str]) -> None: ...
     def clear_slot(self, slot: int) -> None: ...
-    def attach_veth(self, ifindex: int, slot: int) -> bool: ...
+    def attach_veth(self, ifindex: int, slot: int) -> str: ...
     def detach_veth(self, ifindex: int) -> None: ...
 
 
@@ -74,6 +79,7 @@ class Registry:
         self._freed: collections.deque[int] = collections.deque()
         self.topology: Topology | None = None
         self.attribution_failures = 0
+        self._failed_veths: set[int] = set()   # counted once, retried each reconcile
 
     def snapshot(self) -> dict[int, Tracked]:
         with self._lock:
@@ -109,8 +115,10 @@ class Registry:
                     if self._add(container, ifaces, addresses, veths):
                         started.append(container.name)
                 elif (current.ifaces, current.addresses, current.veths) != (
-                        ifaces, addresses, veths):
+                        ifaces, addresses, veths) or current.linked != current.veths:
                     self._update(current, container, ifaces, addresses, veths)
+            self._failed_veths &= {i.ifindex for i in topo.interfaces.values()
+                                   if i.role == ROLE_VETH_HOST}
         return started, gone
 
     def _allocate(self) -> int | None:
@@ -127,25 +135,26 @@ class Registry:
             return False
         self._maps.clear_slot(slot)
         tracked = Tracked(slot, container, ifaces, addresses, veths, self._clock_ns())
-        self._write(tracked, frozenset(), frozenset(), frozenset())
-        self._by_id[container.id] = tracked
+        self._by_id[container.id] = self._write(tracked, frozenset(), frozenset(), frozenset())
         return True
 
     def _update(self, current: Tracked, container: Container, ifaces, addresses,
                 veths) -> None:
-        tracked = Tracked(current.slot, container, ifaces, addresses, veths, current.since_ns)
-        self._write(tracked, current.ifaces - ifaces, current.addresses - addresses,
-                    current.veths - veths, current)
-        self._by_id[container.id] = tracked
+        tracked = Tracked(current.slot, container, ifaces, addresses, veths, current.since_ns,
+                          current.linked & veths)
+        self._by_id[container.id] = self._write(
+            tracked, current.ifaces - ifaces, current.addresses - addresses,
+            current.linked - veths, current)
 
-    def _write(self, tracked: Tracked, old_ifaces, old_addresses, old_veths,
-               current: Tracked | None = None) -> None:
-        """Take out what went away, then put in what is new."""
+    def _write(self, tracked: Tracked, old_ifaces, old_addresses, old_links,
+               current: Tracked | None = None) -> Tracked:
+        """Take out what went away, then put in what is new; returns tracked
+        with the veths whose links are now in place."""
         for netns, ifindex in old_ifaces:
             self._maps.delete_iface(netns, ifindex)
         for address in old_addresses:
             self._maps.delete_addr(address)
-        for ifindex in old_veths:
+        for ifindex in old_links:
             self._maps.detach_veth(ifindex)
         known = current or Tracked(tracked.slot, tracked.container, frozenset(), frozenset(),
                                    frozenset(), 0)
@@ -153,15 +162,30 @@ class Registry:
             self._maps.set_iface(netns, ifindex, tracked.slot)
         for address in tracked.addresses - known.addresses:
             self._maps.set_addr(address, tracked.slot)
-        for ifindex in tracked.veths - known.veths:
-            if not self._maps.attach_veth(ifindex, tracked.slot):
-                self.attribution_failures += 1
-                log.warning("cannot count container %s: no tcx link on its veth %d",
-                            tracked.container.name, ifindex)
+        linked = set(tracked.linked)
+        for ifindex in tracked.veths - tracked.linked:
+            if self._link(tracked, ifindex):
+                linked.add(ifindex)
+        return dataclasses.replace(tracked, linked=frozenset(linked))
+
+    def _link(self, tracked: Tracked, ifindex: int) -> bool:
+        """A veth that vanished first (its container died as it started) is
+        not a failure; a real failure counts once and is retried later."""
+        result = self._maps.attach_veth(ifindex, tracked.slot)
+        if result == LINKED:
+            self._failed_veths.discard(ifindex)
+            return True
+        if result == FAILED and ifindex not in self._failed_veths:
+            self._failed_veths.add(ifindex)
+            self.attribution_failures += 1
+            log.warning("cannot count container %s: no tcx link on its veth %d (will retry)",
+                        tracked.container.name, ifindex)
+        return False
 
     def _remove(self, cid: str) -> str:
         tracked = self._by_id.pop(cid)
-        self._write(tracked, tracked.ifaces, tracked.addresses, tracked.veths, tracked)
+        self._write(dataclasses.replace(tracked, veths=frozenset(), linked=frozenset()),
+                    tracked.ifaces, tracked.addresses, tracked.linked, tracked)
         self._maps.clear_slot(tracked.slot)
         self._freed.append(tracked.slot)
         return tracked.container.name

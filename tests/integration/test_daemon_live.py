@@ -93,7 +93,13 @@ def daemon(testbed):
     d = Daemon()
     try:
         d.wait_ready()
-        wait_until(lambda: A_NAME in names_in(d.scrape()), "daemon sees the testbed")
+        # The engine's stream and the first reconcile come before the first
+        # scrape: no window where a running testbed looks absent or unlinked.
+        first = d.scrape()
+        assert get(first, "cntrace_docker_connected") == 1
+        assert {A_NAME, B_NAME} <= names_in(first)
+        assert get(first, "cntrace_attribution_failures_total") == 0
+        assert get(first, "cntrace_docker_reconnects_total") == 0
         yield d
     finally:
         code, err = d.stop()

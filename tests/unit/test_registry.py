@@ -1,23 +1,29 @@
 """Slots stay right under churn: a fake map records what the registry writes."""
 
 import dataclasses
+import threading
+from unittest import mock
 
 import pytest
 
 from tests.unit import fakes
+from tracer import daemon, topology
+from tracer.collector import DaemonStats
 from tracer.daemon import is_relevant_event
-from tracer.registry import Registry
+from tracer.errors import DockerUnavailableError
+from tracer.registry import FAILED, GONE, LINKED, UNSUPPORTED, Registry
 
 
 class FakeMaps:
-    def __init__(self, tcx=True):
+    def __init__(self, link_result=LINKED):
         self.ifaces, self.addrs, self.host, self.cleared = {}, {}, set(), []
-        self.veths, self.tcx = {}, tcx
+        self.veths, self.link_result, self.link_attempts = {}, link_result, 0
 
     def attach_veth(self, ifindex, slot):
-        if self.tcx:
+        self.link_attempts += 1
+        if self.link_result == LINKED:
             self.veths[ifindex] = slot
-        return self.tcx
+        return self.link_result
 
     def detach_veth(self, ifindex):
         self.veths.pop(ifindex, None)
@@ -110,10 +116,38 @@ def test_host_addresses_come_from_host_interfaces():
     assert maps.host == {"172.17.0.1"}
 
 
-def test_a_veth_that_cannot_be_linked_is_an_attribution_failure():
-    registry = Registry(FakeMaps(tcx=False), fakes.topology, max_slots=8)
+def test_a_veth_that_cannot_be_linked_counts_once_and_is_retried_until_it_links():
+    maps = FakeMaps(link_result=FAILED)
+    registry = Registry(maps, fakes.topology, max_slots=8)
     registry.reconcile()
-    assert registry.attribution_failures == 2
+    registry.reconcile()
+    assert registry.attribution_failures == 2      # a's veth and b's, once each
+    assert maps.link_attempts == 4 and maps.veths == {}
+    maps.link_result = LINKED
+    assert registry.reconcile() == ([], [])
+    assert set(maps.veths) == {11, 13}
+    attempts = maps.link_attempts
+    registry.reconcile()
+    assert maps.link_attempts == attempts and registry.attribution_failures == 2
+
+
+@pytest.mark.parametrize("result", [GONE, UNSUPPORTED])
+def test_a_veth_gone_first_or_no_tcx_is_not_an_attribution_failure(result):
+    registry = Registry(FakeMaps(link_result=result), fakes.topology, max_slots=8)
+    started, _ = registry.reconcile()
+    assert sorted(started) == ["a", "b"] and registry.attribution_failures == 0
+
+
+def test_a_removed_container_unlinks_only_the_veths_that_were_linked():
+    maps = FakeMaps()
+    topo = [fakes.topology()]
+    registry = Registry(maps, lambda: topo[0], max_slots=8)
+    registry.reconcile()
+    detached = []
+    maps.detach_veth = detached.append
+    topo[0] = without(topo[0], "a")
+    registry.reconcile()
+    assert detached == [11]
 
 
 @pytest.mark.parametrize("event, relevant", [
@@ -127,3 +161,29 @@ def test_a_veth_that_cannot_be_linked_is_an_attribution_failure():
 ])
 def test_docker_event_relevance(event, relevant):
     assert is_relevant_event(event) is relevant
+
+
+def test_docker_reconnects_count_reconnections_made_not_attempts():
+    """Connect, lose the engine, fail twice, reconnect: one reconnection."""
+    stop, dirty, stats = threading.Event(), threading.Event(), DaemonStats()
+
+    def stream_then_stop(**_):
+        stop.set()   # the daemon stops while connected
+        yield {"Action": "die"}
+
+    down = DockerUnavailableError("engine gone")
+    clients = iter([mock.Mock(events=lambda **_: iter([{"Action": "start"}])),   # ends: lost
+                    down, down, mock.Mock(events=stream_then_stop)])
+
+    def docker_client():
+        client = next(clients)
+        if isinstance(client, Exception):
+            raise client
+        return client
+
+    waits = []
+    stop.wait = lambda timeout=None: waits.append(timeout)   # no real backoff sleep
+    with mock.patch.object(topology, "docker_client", docker_client):
+        daemon._watch_docker(dirty, stop, stats)
+    assert stats.docker_reconnects == 1 and stats.docker_connected
+    assert waits == [1.0, 2.0, 4.0]   # backoff doubles while the engine is down
