@@ -1,16 +1,23 @@
-"""What the benchmarks share: running cntrace, iperf3 inside the testbed's
-containers, a loopback port, and mean +- spread formatting."""
+"""What the benchmarks share: the testbed, running cntrace and other tools
+in the background, iperf3 inside the testbed's containers, a loopback port,
+and mean +- spread formatting.  Each benchmark module has a
+run(info, args) -> list[str] (markdown lines) that bench/run.py calls on one
+testbed, and runs alone through standalone()."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 CNTRACE = [sys.executable, "-m", "tracer"]
 
@@ -51,3 +58,103 @@ def iperf(client_pid: int, server_ip: str, udp: bool, seconds: int = 3) -> float
         summary = end["sum"]
         return summary["packets"] * (1 - summary["lost_percent"] / 100) / summary["seconds"]
     return end["sum_received"]["bits_per_second"]
+
+
+@contextlib.contextmanager
+def testbed() -> Iterator[object]:
+    """The testbed up (dockerd started if none answers), routes checked;
+    everything taken down afterwards, whatever happens."""
+    from tracer.testbed import DockerEngine, Testbed, check_route
+
+    engine = DockerEngine()
+    engine.ensure_running()
+    bed = Testbed(engine=engine)
+    try:
+        info = bed.up()
+        b = info.containers["b"]
+        check_route(b.ip, [b.bridge])
+        check_route(info.wan_ip, [info.wan_host_ifname])
+        yield info
+    finally:
+        bed.down()
+        engine.stop()
+
+
+def standalone(run: Callable[[object, argparse.Namespace], list[str]], doc: str) -> int:
+    """main() of a benchmark module run by itself."""
+    args = arguments(doc).parse_args()
+    with testbed() as info:
+        lines = run(info, args)
+    print("\n".join(lines))
+    return 0
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each ratio")
+    parser.add_argument("--seconds", type=int, default=3, help="length of each iperf3 run")
+    parser.add_argument("--mode", action="append", metavar="TEXT",
+                        help="overhead: only the modes whose name contains TEXT (repeatable)")
+    return parser
+
+
+@contextlib.contextmanager
+def running(argv: list[str], ready: str | None = None, settle: float = 1.0) -> Iterator[None]:
+    """A background tool for the length of one measurement: waits for `ready`
+    on its stderr (when given), then `settle` seconds."""
+    with tempfile.TemporaryFile() as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            if ready:
+                while ready not in (proc.stderr.readline() or ready):
+                    pass
+            time.sleep(settle)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Daemon:
+    """`cntrace daemon` on a free loopback port, ready when /healthz answers."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([*CNTRACE, "daemon", "--web.listen-address",
+                                      f"127.0.0.1:{self.port}", *args],
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("daemon did not start")
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        return urllib.request.urlopen(url, timeout=30).read().decode()
+
+    def scrape_seconds(self) -> float:
+        start = time.monotonic()
+        self.metrics()
+        return time.monotonic() - start
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -57,13 +57,13 @@ class Sampler:
     def __init__(self, counters, registry: Registry, flow_idle_s: float,
                  conntrack: Callable[[], tuple[list, int | None, int | None]] | None,
                  interval: float = 5.0,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = wire.flow_clock_ns) -> None:
         self._counters = counters
         self._registry = registry
         self._idle_ns = int(flow_idle_s * 1e9)
         self._conntrack = conntrack
         self._interval = interval
-        self._clock_ns = clock_ns   # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+        self._clock_ns = clock_ns
         self.latest = Sample()
         self._stop = threading.Event()
 

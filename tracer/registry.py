@@ -14,10 +14,10 @@ import dataclasses
 import ipaddress
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Protocol
 
+from tracer import wire
 from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, Container, Topology
 
 log = logging.getLogger("cntrace.registry")
@@ -30,7 +30,7 @@ class Tracked:
     ifaces: frozenset[tuple[int, int]]     # (netns inode, ifindex) of its own interfaces
     addresses: frozenset[str]
     veths: frozenset[int]                  # host-side veth ifindexes: where it is counted
-    since_ns: int                          # CLOCK_MONOTONIC at allocation
+    since_ns: int                          # allocation time, wire.flow_clock_ns
     linked: frozenset[int] = frozenset()   # the veths whose tcx links are in place
 
 
@@ -68,7 +68,7 @@ class Registry:
         maps: CounterMaps,
         discover: Callable[[], Topology],
         max_slots: int,
-        clock_ns: Callable[[], int] = time.monotonic_ns,
+        clock_ns: Callable[[], int] = wire.flow_clock_ns,
     ) -> None:
         self._maps = maps
         self._discover = discover
