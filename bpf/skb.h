@@ -267,6 +267,18 @@ static __always_inline int who_match(struct filter_config *cfg, struct cntrace_e
     return 0;
 }
 
+/* Ahead of parsing: one byte read rejects a packet of another protocol (the
+ * bulk of a busy host's traffic while trace-ping runs).  ICMP may quote the
+ * protocol asked for, so it goes on to header_match. */
+static __always_inline int protocol_may_match(struct filter_config *cfg, u64 l3, u16 protocol)
+{
+    u8 proto = 0;
+    if (!(cfg->flags & FILTER_PROTO))
+        return 1;
+    READ_KERNEL(proto, l3, protocol == ETH_P_IP_BE ? 9 : 6);
+    return proto == cfg->proto || proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+}
+
 /* Where the IP header starts.  netif_receive_skb fires before the stack
  * resets network_header; there skb->data already points past the link-layer
  * header.  Returns 0 for a non-IP packet. */
@@ -319,14 +331,21 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     u16 protocol = 0;
     u32 len = 0;
     u64 l3 = locate_l3(skb, l3_from_data, &protocol);
+    struct filter_config *cfg = active_filter();
 
-    if (!l3 || parse_ip(e, l3, protocol))
+    if (!l3)
+        return 0;
+#ifdef COUNT_METRICS
+    if (e->hook != HOOK_DROP)   /* the daemon counts every drop, filter or not */
+#endif
+    if (cfg && !protocol_may_match(cfg, l3, protocol))
+        return 0;
+    if (parse_ip(e, l3, protocol))
         return 0;
 #ifdef COUNT_METRICS
     if (e->hook == HOOK_DROP && !account_drop(e, skb, dev))
         return 0;
 #endif
-    struct filter_config *cfg = active_filter();
     if (cfg && !header_match(cfg, e))
         return 0;
     if (dev)
