@@ -5,6 +5,7 @@ BENCHMARKS.md records.  About 20 minutes with the defaults.
 
 - overhead: what tracing costs other traffic (UDP 64B, TCP), cntrace's modes
   and the floor, against tcpdump and conntrack -E;
+- program-cost: each BPF program's runs per packet and time per run;
 - trace-ping: wall times, and its steady-state cost to other traffic;
 - stream: the event stream's capacity and loss curve;
 - scale: scrape latency and RSS as containers and flows grow.
@@ -20,13 +21,14 @@ import platform
 import sys
 
 import overhead
+import program_cost
 import scale
 import stream
 import trace_ping
 from benchlib import arguments, testbed
 
-SECTIONS = {"overhead": overhead.run, "trace-ping": trace_ping.run, "stream": stream.run,
-            "scale": scale.run}
+SECTIONS = {"overhead": overhead.run, "program-cost": program_cost.run,
+            "trace-ping": trace_ping.run, "stream": stream.run, "scale": scale.run}
 
 
 def main() -> int:
