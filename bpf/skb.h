@@ -333,12 +333,11 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     u64 l3 = locate_l3(skb, l3_from_data, &protocol);
     struct filter_config *cfg = active_filter();
 
-    if (!l3)
-        return 0;
+    int prefilter = cfg != 0;
 #ifdef COUNT_METRICS
-    if (e->hook != HOOK_DROP)   /* the daemon counts every drop, filter or not */
+    prefilter = prefilter && e->hook != HOOK_DROP;   /* the daemon counts every drop */
 #endif
-    if (cfg && !protocol_may_match(cfg, l3, protocol))
+    if (!l3 || (prefilter && !protocol_may_match(cfg, l3, protocol)))
         return 0;
     if (parse_ip(e, l3, protocol))
         return 0;

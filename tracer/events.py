@@ -21,12 +21,20 @@ from tracer import filters, loader, output, topology, wire
 from tracer.attribution import Attributor
 
 
+# Records taken per poll.  libbpf's poll consumes for as long as records
+# keep coming: under a flood, decoding (fast) would outrun printing (slow)
+# and pile up in memory (2.3 GB after 30 s here) instead of filling the ring
+# buffer, where losses are counted.
+MAX_BATCH = 4096
+
+
 class EventReader:
     """Decoded events from a loaded Tracer's ring buffer."""
 
-    def __init__(self, tracer: loader.Tracer) -> None:
+    def __init__(self, tracer: loader.Tracer, max_batch: int = MAX_BATCH) -> None:
         self._tracer = tracer
         self._pending: list[wire.Event] = []
+        self._max_batch = max_batch
         self.decoded = 0
         self.decode_errors = 0
         tracer["events"].open_ring_buffer(self._on_record)
@@ -37,7 +45,8 @@ class EventReader:
             self.decoded += 1
         except wire.DecodeError:
             self.decode_errors += 1
-        return 0
+        # A negative return ends this poll; the record itself is consumed.
+        return -1 if len(self._pending) >= self._max_batch else 0
 
     def poll(self, timeout_ms: int = 100) -> list[wire.Event]:
         self._tracer.bpf.ring_buffer_poll(timeout_ms)

@@ -58,6 +58,7 @@ pytestmark = pytest.mark.integration
 LONG = os.environ.get("CNTRACE_LONG_TESTS") == "1"
 long_only = pytest.mark.skipif(not LONG, reason="long form: runs only with CNTRACE_LONG_TESTS=1")
 STAT_EMITTED, STAT_LOST = 0, 1       # bpf/cntrace.h
+STREAM_RSS_LIMIT_KIB = 250 * 1024    # bcc and LLVM take ~175 MB before any event
 UDP_IP_OVERHEAD = 20 + 8             # README: IP-layer bytes, IPv4 + UDP headers
 
 
@@ -196,15 +197,19 @@ def test_event_flood_loses_loudly_and_the_daemon_stays_exact(testbed, docker_cli
         flood = stack.enter_context(reaped(iperf3_udp(a.pid, b.ip, seconds, "20M")))
         time.sleep(1.0)
         assert_exact_burst(d, container_pid(sender), sender.name, b, n=1000)
-        latencies = []
+        latencies, stream_rss = [], []
         while flood.poll() is None:
             start = time.monotonic()
             d.text()
             latencies.append(time.monotonic() - start)
+            stream_rss.append(rss_kib(events.pid))
             time.sleep(0.1)
         assert flood.returncode == 0, flood.stdout.read()
         assert latencies and max(latencies) < 1.0, latencies
         assert d.proc.poll() is None
+        # The backlog waits in the ring buffer (where it is counted when lost),
+        # not in the reader's memory: RSS stays flat however long the flood.
+        assert max(stream_rss) < STREAM_RSS_LIMIT_KIB, stream_rss
 
         # The flood is over and nothing else matches the filter: once stdout
         # stops growing, the ring buffer is drained.
@@ -225,7 +230,8 @@ def test_event_flood_loses_loudly_and_the_daemon_stays_exact(testbed, docker_cli
     decoded, lost, undecodable = map(int, summary.groups())
     reported_live = sum(int(n) for n in LOST_NOW.findall(err_text))
     print(f"flood {seconds}s: decoded {decoded}, lost {lost} (live reports {reported_live}), "
-          f"kernel {kernel}, scrape max {max(latencies):.3f}s")
+          f"kernel {kernel}, scrape max {max(latencies):.3f}s, "
+          f"stream RSS {min(stream_rss)}-{max(stream_rss)} KiB")
     assert lost > 0, err_text
     assert 0 < reported_live <= lost          # reported as it happened, then in total
     assert _line_count(out_path) == decoded   # every decoded event printed

@@ -162,3 +162,39 @@ def test_drop_json_names_reason_and_location():
     assert output.to_dict(item)["drop"] == {
         "reason": "NETFILTER_DROP", "reason_code": 12, "location": "sym+0x20"}
     assert "dropped: NETFILTER_DROP at sym+0x20" in output.format_text(item, 0)
+
+
+def test_a_poll_takes_at_most_a_batch_and_leaves_the_rest_in_the_ring(monkeypatch):
+    """Under a flood the reader stops taking records at max_batch (the
+    callback's negative return ends libbpf's poll), so the backlog waits in
+    the ring buffer, where losses are counted, not in memory."""
+    from tracer import events
+
+    class Ring:
+        def open_ring_buffer(self, callback):
+            self.callback = callback
+
+    class Tracer:
+        ring = Ring()
+        records = [b"r%d" % i for i in range(10)]
+
+        def __getitem__(self, name):
+            return self.ring
+
+        @property
+        def bpf(self):
+            return self
+
+        def ring_buffer_poll(self, timeout_ms):
+            while self.records:   # what libbpf does: consume until told to stop
+                record = self.records.pop(0)
+                if self.ring.callback(None, record, len(record)) < 0:
+                    return
+
+    monkeypatch.setattr(events.ctypes, "string_at", lambda data, size: data)
+    monkeypatch.setattr(events.wire, "decode", lambda raw: raw)
+    tracer = Tracer()
+    reader = events.EventReader(tracer, max_batch=4)
+    assert reader.poll() == [b"r0", b"r1", b"r2", b"r3"]
+    assert reader.poll() == [b"r4", b"r5", b"r6", b"r7"]
+    assert reader.poll() == [b"r8", b"r9"] and reader.decoded == 10
