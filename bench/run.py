@@ -1,7 +1,10 @@
-"""Every benchmark in one run, on one testbed: prints the tables that
-BENCHMARKS.md records.  About 20 minutes with the defaults.
+"""Every benchmark in one run, on one testbed.
 
-    /opt/cntrace/venv/bin/python bench/run.py [--reps N] [--seconds S]
+Prints the tables that BENCHMARKS.md records; about 20 minutes with
+--reps 4.  `bash deploy/setup.sh bench [ARG...]` installs what it needs
+(iperf3, tcpdump) and runs it:
+
+    /opt/cntrace/venv/bin/python bench/run.py [--reps N] [--seconds S] [--only SECTION]
 
 - overhead: what tracing costs other traffic (UDP 64B, TCP), cntrace's modes
   and the floor, against tcpdump and conntrack -E;

@@ -6,6 +6,8 @@
 #                            running, a local demo testbed first; then the
 #                            topology and the live event stream (Ctrl-C stops)
 #   deploy/setup.sh test     set up, then the whole test suite
+#   deploy/setup.sh bench [ARG...]
+#                            set up, then every benchmark (bench/run.py ARG...)
 #
 # Idempotent: each step checks before it changes anything.  Run as root.
 set -euo pipefail
@@ -17,7 +19,7 @@ APT_PACKAGES=(
     docker.io iptables conntrack iproute2 busybox-static # the Docker host and its tools
     python3-venv python3-pip kmod                        # Debian's python3 sees bcc
 )
-# Only for `test`, without recommends: the scrape tests run their own Prometheus
+# Only for `test` and `bench`, without recommends: the scrape tests run their own Prometheus
 # (and promtool); on a systemd host the package's own service would start too.
 TEST_APT_PACKAGES=(
     prometheus iperf3 tcpdump
@@ -109,6 +111,12 @@ run_main_job() {
     exec cntrace events
 }
 
+run_benchmarks() {  # iperf3 and tcpdump come with the test packages
+    install_apt_packages --no-install-recommends -- "${TEST_APT_PACKAGES[@]}"
+    cd "$REPO"
+    exec "$VENV/bin/python" bench/run.py "$@"
+}
+
 run_tests() {
     install_apt_packages --no-install-recommends -- "${TEST_APT_PACKAGES[@]}"
     cd "$REPO"
@@ -123,5 +131,6 @@ case "${1:-}" in
     "") log "done: cntrace and trace-ping are on PATH" ;;
     run) run_main_job ;;
     test) run_tests ;;
-    *) echo "usage: deploy/setup.sh [run|test]" >&2; exit 2 ;;
+    bench) shift; run_benchmarks "$@" ;;
+    *) echo "usage: deploy/setup.sh [run|test|bench [ARG...]]" >&2; exit 2 ;;
 esac
