@@ -20,7 +20,6 @@ from typing import TextIO
 from tracer import filters, loader, output, topology, wire
 from tracer.attribution import Attributor
 
-
 # Records taken per poll.  libbpf's poll consumes for as long as records
 # keep coming: under a flood, decoding (fast) would outrun printing (slow)
 # and pile up in memory (2.3 GB after 30 s here) instead of filling the ring

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tracer import wire
 from tracer.errors import UsageError
-from tracer.topology import ROLE_VETH_HOST, Topology
+from tracer.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,7 @@ def resolve(spec: FilterSpec, topology: Topology) -> KernelFilter:
         container = topology.find_container(ref)
         result.netns.add(container.netns)
         result.addresses.update(container.addresses)
-        result.ifaces.update(
-            (iface.netns, iface.ifindex)
-            for iface in topology.interfaces.values()
-            if iface.role == ROLE_VETH_HOST and iface.container_id == container.id
-        )
+        result.ifaces.update((i.netns, i.ifindex) for i in topology.host_veths(container.id))
     result.addresses.update(parse_address(a) for a in spec.addresses)
     if result.addresses or result.netns or result.ifaces:
         result.flags |= wire.FILTER_WHO

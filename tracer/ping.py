@@ -17,7 +17,7 @@ from tracer import diagnosis, filters, loader, pathtrace, probe, rules, topology
 from tracer.attribution import Attributor
 from tracer.errors import DockerUnavailableError, UsageError
 from tracer.output import HOOK_COLUMN, packet_summary
-from tracer.topology import ROLE_VETH_HOST, Container, Topology
+from tracer.topology import Container, Topology
 
 EXIT_REACHABLE = 0
 EXIT_UNREACHABLE = 1
@@ -310,12 +310,11 @@ def _host_devices(topo: Topology, src: Source, dst: Destination) -> list[str]:
     for container in (src.container, dst.container):
         if container is None:
             continue
-        for iface in topo.interfaces.values():
-            if iface.role == ROLE_VETH_HOST and iface.container_id == container.id:
-                names.append(iface.name)
-                master = topo.lookup(topo.host_netns, iface.master_ifindex or 0)
-                if master:
-                    names.append(master.name)
+        for iface in topo.host_veths(container.id):
+            names.append(iface.name)
+            master = topo.lookup(topo.host_netns, iface.master_ifindex or 0)
+            if master:
+                names.append(master.name)
     return list(dict.fromkeys(names))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tracer import wire
-from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, Container, Topology
+from tracer.topology import ROLE_VETH_HOST, Container, Topology
 
 log = logging.getLogger("cntrace.registry")
 
@@ -97,14 +97,8 @@ class Registry:
                 if cid not in topo.containers:
                     gone.append(self._remove(cid))
             for cid, container in topo.containers.items():
-                ifaces = frozenset(
-                    (i.netns, i.ifindex) for i in topo.interfaces.values()
-                    if i.role == ROLE_CONTAINER and i.container_id == cid
-                )
-                veths = frozenset(
-                    i.ifindex for i in topo.interfaces.values()
-                    if i.role == ROLE_VETH_HOST and i.container_id == cid
-                )
+                ifaces = frozenset((i.netns, i.ifindex) for i in topo.container_interfaces(cid))
+                veths = frozenset(i.ifindex for i in topo.host_veths(cid))
                 addresses = container.addresses
                 current = self._by_id.get(cid)
                 if current and (current.container.netns, current.container.pid) != (

@@ -129,6 +129,11 @@ class Topology:
             key=lambda i: i.ifindex,
         )
 
+    def host_veths(self, container_id: str) -> list[Interface]:
+        """The host-side ends of the container's veths."""
+        return [i for i in self.interfaces.values()
+                if i.container_id == container_id and i.role == ROLE_VETH_HOST]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "host_netns": self.host_netns,

@@ -341,13 +341,19 @@ def test_parser_parses_or_raises_usage_error(argv):
         assert result.command in cli.COMMANDS
 
 
-PING_OPTIONS = st.lists(
+def command_line(option_groups, max_size: int):
+    """A list of option groups (["-c", "3"]), flattened into argv tokens."""
+    return st.lists(option_groups, max_size=max_size).map(
+        lambda groups: [token for group in groups for token in group])
+
+
+PING_OPTIONS = command_line(
     st.sampled_from([["--json"], ["-c", "3"], ["-t", "0.2"], ["--tcp", "80"], ["--udp", "53"]])
     | st.tuples(st.sampled_from(["-c", "--count", "-t", "--timeout", "--tcp", "--udp"]),
                 ARG_TEXT | st.sampled_from(["0", "101", "-1", "nan", "inf", "1e3", "65536"])
                 ).map(list),
     max_size=3,
-).map(lambda groups: [token for group in groups for token in group])
+)
 
 
 @FAST
@@ -468,14 +474,14 @@ def test_a_filter_resolves_to_typed_map_entries_or_a_usage_error(spec):
         _checked_kernel_filter(kernel_filter, spec)
 
 
-EVENTS_OPTIONS = st.lists(
+EVENTS_OPTIONS = command_line(
     st.sampled_from([["--json"], ["--no-drops"], ["-c", "a"], ["-a", "172.17.0.3"],
                      ["-p", "tcp"], ["--port", "80"]])
     | st.tuples(st.sampled_from(["-c", "-a", "-p", "--port", "-d", "-n", "--ringbuf-pages"]),
                 ARG_TEXT | st.sampled_from(["0", "3", "-1", "nan", "inf", "64", "fd00::2"])
                 ).map(list),
     max_size=4,
-).map(lambda groups: [token for group in groups for token in group])
+)
 
 
 @FAST
@@ -636,13 +642,13 @@ def test_daemon_config_is_valid_or_a_usage_error(workdir, content, environ):
     assert isinstance(result, daemon.Config | UsageError)
 
 
-DAEMON_OPTIONS = st.lists(
+DAEMON_OPTIONS = command_line(
     st.tuples(st.sampled_from(["--web.listen-address", "--web.config.file", "--flow-table-size",
                                "--flow-idle-seconds", "--reconcile-seconds", "--log-level",
                                "--config"]),
               SETTING_TEXT).map(list),
     max_size=3,
-).map(lambda groups: [token for group in groups for token in group])
+)
 
 
 @FAST
