@@ -158,7 +158,7 @@ def judge(samples: list[tuple[str, str, float]], expected: int) -> list[str]:
         problems.append(f"counts {counted} of {expected} containers")
     failures = int(values.get("cntrace_attribution_failures_total", [("", 0)])[0][1])
     if failures:
-        problems.append(f"{failures} attribution failures (no tcx link or slot)")
+        problems.append(f"{failures} attribution failures (no veth attachment or slot)")
     if values.get("cntrace_docker_connected", [("", 0)])[0][1] != 1:
         problems.append("docker not connected")
     for gauge in ("cntrace_conntrack_entries", "cntrace_conntrack_entries_limit"):

@@ -5,7 +5,10 @@
 #   deploy/setup.sh run      set up, then the main job: with no Docker engine
 #                            running, a local demo testbed first; then the
 #                            topology and the live event stream (Ctrl-C stops)
-#   deploy/setup.sh test     set up, then the whole test suite
+#   deploy/setup.sh test     set up, then the whole test suite: natively on
+#                            this kernel, then the kernel matrix (Debian's 6.1
+#                            and 6.12 in VMs) and the systemd VM; with
+#                            CNTRACE_SKIP_VMS=1 the VMs are skipped (local use)
 #   deploy/setup.sh bench [ARG...]
 #                            set up, then every benchmark (bench/run.py ARG...)
 #
@@ -26,6 +29,11 @@ TEST_APT_PACKAGES=(
     systemd libcap2-bin python3-seccomp  # systemd-analyze; capsh; the capability sandbox
 )
 PY_TEST_PACKAGES=(pytest hypothesis ruff)
+# The kernel VMs (tests/vm/): QEMU (TCG), udev (virtme-ng finds its console
+# ports through it), mmdebstrap for the systemd VM's image, virtme-ng in a venv.
+VM_APT_PACKAGES=(qemu-system-x86 qemu-utils udev mmdebstrap e2fsprogs)
+VNG_VENV=/opt/cntrace/vng
+VNG_VERSION=1.42
 
 log() { echo "setup: $*" >&2; }
 
@@ -117,12 +125,32 @@ run_benchmarks() {  # iperf3 and tcpdump come with the test packages
     exec "$VENV/bin/python" bench/run.py "$@"
 }
 
+install_vm_tools() {
+    install_apt_packages --no-install-recommends -- "${VM_APT_PACKAGES[@]}"
+    if [ ! -x "$VNG_VENV/bin/vng" ]; then
+        log "installing virtme-ng $VNG_VERSION in $VNG_VENV"
+        /usr/bin/python3 -m venv "$VNG_VENV"
+        "$VNG_VENV/bin/pip" install -q --disable-pip-version-check "virtme-ng==$VNG_VERSION" \
+            2> >(grep -v -e "^WARNING: Location" >&2)
+    fi
+}
+
 run_tests() {
     install_apt_packages --no-install-recommends -- "${TEST_APT_PACKAGES[@]}"
     cd "$REPO"
-    local status=0
-    "$VENV/bin/python" -m pytest -v -rs tests || status=$?
+    local status=0 junit
+    junit="$(mktemp --suffix=.xml)"
+    "$VENV/bin/python" -m pytest -v -rs --junitxml="$junit" tests || status=$?
     [ "$status" -eq 5 ] && { echo "setup: no tests collected" >&2; exit 1; }
+    if [ "${CNTRACE_SKIP_VMS:-}" = 1 ]; then
+        log "CNTRACE_SKIP_VMS=1: the kernel matrix and the systemd VM are skipped"
+    else
+        install_vm_tools
+        # Both exit 2 with one line when the VMs cannot run: never a silent pass.
+        "$VENV/bin/python" -m tests.vm.matrix --native-junit "$junit" || status=1
+        "$VENV/bin/python" -m tests.vm.systemd_vm || status=1
+    fi
+    rm -f "$junit"
     exit "$status"
 }
 

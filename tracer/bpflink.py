@@ -1,7 +1,9 @@
-"""BPF links bcc 0.26 cannot make: netfilter hooks (BPF_NETFILTER, kernel
->= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6), both
-through the raw bpf(2) BPF_LINK_CREATE call.  Closing a link's fd detaches
-it; nothing is pinned, so even a killed process leaves nothing behind.
+"""bpf(2) calls bcc 0.26 cannot make: links to netfilter hooks (BPF_NETFILTER,
+kernel >= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6)
+through BPF_LINK_CREATE, and the two-instruction programs tracer/features.py
+loads to probe what the kernel offers before anything is compiled.  Closing a
+link's fd detaches it; nothing is pinned, so even a killed process leaves
+nothing behind.
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ import os
 import platform
 import struct
 
+BPF_PROG_LOAD = 5
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_LINK_CREATE = 28
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_NETFILTER = 32
+
+BPF_TRACE_FENTRY = 24
+BPF_TRACE_FEXIT = 25
 BPF_NETFILTER = 45
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
-BPF_LINK_CREATE = 28
 
 NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
@@ -41,16 +51,45 @@ _ATTR_SIZE = 144  # >= sizeof(union bpf_attr) fields used; the tail stays zero
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _link_create(attr: bytes) -> int:
+def _bpf(command: int, attr: bytes) -> int:
     number = _BPF_SYSCALL.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
     buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
-    fd = _libc.syscall(number, BPF_LINK_CREATE, buf, _ATTR_SIZE)
+    fd = _libc.syscall(number, command, buf, _ATTR_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return fd
+
+
+def _link_create(attr: bytes) -> int:
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+def load_trivial_program(prog_type: int, expected_attach_type: int = 0,
+                         attach_btf_id: int = 0, result: int = 0) -> int:
+    """A program that only returns `result` (r0 = result; exit); its fd.
+    The verifier has nothing to refuse in it, so whether it loads and links
+    says whether the kernel has the program type and attach point."""
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, result) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    insns_buf = ctypes.create_string_buffer(insns, len(insns))
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    attr = bytearray(_ATTR_SIZE)
+    # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license at
+    # 0..23; prog_name at 48; expected_attach_type at 68; attach_btf_id at 108.
+    struct.pack_into("=IIQQ", attr, 0, prog_type, 2, ctypes.addressof(insns_buf),
+                     ctypes.addressof(license_buf))
+    struct.pack_into("=16s", attr, 48, b"cntrace_probe")
+    struct.pack_into("=I", attr, 68, expected_attach_type)
+    struct.pack_into("=I", attr, 108, attach_btf_id)
+    return _bpf(BPF_PROG_LOAD, bytes(attr))
+
+
+def tracing_attach(prog_fd: int) -> int:
+    """Attach an fentry/fexit program to the function it was loaded for
+    (BPF_RAW_TRACEPOINT_OPEN with no name, as libbpf does on 5.5+); its fd."""
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("=QI", 0, prog_fd))
 
 
 def link_create(prog_fd: int, pf: int, hooknum: int, priority: int) -> int:

@@ -32,6 +32,7 @@ _KIND_TYPEDEF = 8
 _KIND_VOLATILE = 9
 _KIND_CONST = 10
 _KIND_RESTRICT = 11
+_KIND_FUNC = 12
 _KIND_TYPE_TAG = 18
 _KIND_ENUM64 = 19
 
@@ -241,6 +242,14 @@ class Btf:
         except BtfError:
             return False
         return True
+
+    def function_id(self, name: str) -> int | None:
+        """The BTF id of kernel function `name` (what fentry/fexit attach to),
+        None when the kernel has no such function."""
+        try:
+            return self._find(name, (_KIND_FUNC,), "").id
+        except BtfError:
+            return None
 
     def size_of(self, name: str) -> int:
         return self._size(self._find_named(name).id)

@@ -286,10 +286,11 @@ class CntraceCollector:
         yield InfoMetricFamily("cntrace_build", "cntrace build information",
                                value={"version": __version__})
         attached = GaugeMetricFamily("cntrace_hook_attached",
-                                     "1 if the BPF program is attached at this hook",
-                                     labels=["hook"])
+                                     "1 if the BPF program is attached at this hook, with "
+                                     "the mechanism this kernel offered for it",
+                                     labels=["hook", "mechanism"])
         for hook in self._stats.hooks:
-            attached.add_metric([hook.name], 1 if hook.attached else 0)
+            attached.add_metric([hook.name, hook.mechanism], 1 if hook.attached else 0)
         yield attached
         yield GaugeMetricFamily("cntrace_containers", "Containers being accounted",
                                 value=containers)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
-import os
 from collections.abc import Iterator
 
-from tracer import bpflink, wire
+from tracer import wire
 from tracer.filters import addr_key
-from tracer.registry import FAILED, GONE, LINKED, UNSUPPORTED
+from tracer.registry import LINKED, UNSUPPORTED
 
 SLOT_ARRAYS = ("snat", "snat_translations", "flows_opened")
 SLOT_HASHES = ("peer_traffic", "drops", "dnat", "dnat_translations", "drop_last_event")
@@ -30,38 +28,25 @@ class BpfCounters:
 
     def __init__(self, tracer) -> None:
         self._t = tracer
-        self._veth_links: dict[int, tuple[int, ...]] = {}
 
     def attach_veth(self, ifindex: int, slot: int) -> str:
-        """Link the tcx counters to a container's host-side veth; returns
-        LINKED, GONE (the veth went away first: its container died) or
-        FAILED, or UNSUPPORTED when this kernel has no tcx."""
-        programs = self._t.tc_program_fds
-        if programs is None:
+        """Attach the counting programs to a container's host-side veth (tcx
+        or classic tc, tracer/tclink.py); returns LINKED, GONE (the veth went
+        away first: its container died) or FAILED, or UNSUPPORTED when
+        neither mechanism loaded."""
+        attacher = self._t.veth_programs
+        if attacher is None:
             return UNSUPPORTED
-        if ifindex in self._veth_links:
-            return LINKED
         self._t["tc_slots"][ctypes.c_uint32(ifindex)] = ctypes.c_uint32(slot)
-        links = []
-        try:
-            links.append(bpflink.tcx_link_create(programs[0], ifindex, bpflink.BPF_TCX_INGRESS))
-            links.append(bpflink.tcx_link_create(programs[1], ifindex, bpflink.BPF_TCX_EGRESS))
-        except OSError as exc:
-            for fd in links:
-                os.close(fd)
+        result = attacher.attach(ifindex)
+        if result != LINKED:
             self._delete("tc_slots", ctypes.c_uint32(ifindex))
-            return GONE if exc.errno in (errno.ENODEV, errno.ENXIO, errno.ENOENT) else FAILED
-        self._veth_links[ifindex] = tuple(links)
-        return LINKED
+        return result
 
     def detach_veth(self, ifindex: int) -> None:
-        for fd in self._veth_links.pop(ifindex, ()):
-            os.close(fd)
+        if self._t.veth_programs is not None:
+            self._t.veth_programs.detach(ifindex)
         self._delete("tc_slots", ctypes.c_uint32(ifindex))
-
-    def close(self) -> None:
-        for ifindex in list(self._veth_links):
-            self.detach_veth(ifindex)
 
     # ------------------------------------------------------------- writing
     def set_iface(self, netns: int, ifindex: int, slot: int) -> None:

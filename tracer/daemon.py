@@ -290,8 +290,7 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
                 last_reconcile = time.monotonic()
     finally:
         sampler.stop()
-        server.stop()
-        counters.close()
+        server.stop()   # tracer.close() detaches the veth programs
     return 0
 
 

@@ -92,8 +92,9 @@ def run(options: StreamOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             if not hook.attached:
                 print(f"cntrace: {hook.name} not attached: {hook.detail}", file=err)
         reader = EventReader(tracer)
-        print(f"cntrace: tracing on {len(tracer.attached)}/{len(tracer.hooks)} hooks; "
-              "Ctrl-C stops", file=err, flush=True)
+        mechanisms = ", ".join(sorted({h.mechanism for h in tracer.attached}))
+        print(f"cntrace: tracing on {len(tracer.attached)}/{len(tracer.hooks)} hooks "
+              f"({mechanisms}); Ctrl-C stops", file=err, flush=True)
         _stream(reader, attributor, options, out, err, stop)
     except BrokenPipeError:
         sys.stdout = None  # the reader went away: nothing left to print to

@@ -44,17 +44,20 @@ FIELDS: tuple[Field, ...] = (
     Field("OFF_TUPLE_DST_U3", "nf_conntrack_tuple", "dst.u3", required=False),
     Field("OFF_TUPLE_DST_ALL", "nf_conntrack_tuple", "dst.u.all", required=False),
     Field("OFF_TUPLE_DST_PROTONUM", "nf_conntrack_tuple", "dst.protonum", required=False),
-    # BPF netfilter programs (kernel >= 6.4) only.
+    # The context of BPF netfilter programs (kernel >= 6.4).
     Field("OFF_NFCTX_STATE", "bpf_nf_ctx", "state", required=False),
     Field("OFF_NFCTX_SKB", "bpf_nf_ctx", "skb", required=False),
+    # A netfilter hook's state: read by both NAT mechanisms (bpf/netfilter.bpf.c).
     Field("OFF_NFSTATE_HOOK", "nf_hook_state", "hook", required=False),
+    Field("OFF_NFSTATE_PF", "nf_hook_state", "pf", required=False),
     Field("OFF_NFSTATE_IN", "nf_hook_state", "in", required=False),
     Field("OFF_NFSTATE_OUT", "nf_hook_state", "out", required=False),
     Field("OFF_NFSTATE_NET", "nf_hook_state", "net", required=False),
 )
 
 CONNTRACK_MACROS = {f.macro for f in FIELDS if f.struct in ("nf_conn", "nf_conntrack_tuple")}
-NETFILTER_MACROS = {f.macro for f in FIELDS if f.struct in ("bpf_nf_ctx", "nf_hook_state")}
+NF_CONTEXT_MACROS = {f.macro for f in FIELDS if f.struct == "bpf_nf_ctx"}
+NF_STATE_MACROS = {f.macro for f in FIELDS if f.struct == "nf_hook_state"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,13 @@ class KernelLayout:
 
     @property
     def has_netfilter_programs(self) -> bool:
-        return self.offsets.keys() >= NETFILTER_MACROS
+        """BPF netfilter programs need bpf_nf_ctx (kernel >= 6.4)."""
+        return self.offsets.keys() >= NF_CONTEXT_MACROS | NF_STATE_MACROS
+
+    @property
+    def has_nf_hook_state(self) -> bool:
+        """What a probe on nf_hook_slow() reads: the hook, family, devices, netns."""
+        return self.offsets.keys() >= NF_STATE_MACROS
 
     def cflags(self) -> list[str]:
         """-D flags for bcc.  Conntrack reads compile in only when every

@@ -1,8 +1,11 @@
 """Compile bpf/*.bpf.c with bcc and attach every hook, reporting each one.
 
-Hooks are probed, not assumed: each attach is tried and its outcome recorded
-as a HookStatus (what is attached, what is missing and why), so a kernel
-without BPF netfilter links still traces devices and drops, and says so.
+Hooks are probed, not assumed: the mechanism for each is chosen from what
+tracer/features.py finds in the running kernel (BPF netfilter links, else
+fentry/fexit on nf_hook_slow; tcx, else classic tc), only the chosen code is
+compiled, and each outcome is recorded as a HookStatus naming the mechanism,
+or what is missing and why, so a kernel without a hook still traces what it
+can, and says so.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer import bpflink
+from tracer import bpflink, features, tclink
 from tracer.btf import Btf
 from tracer.errors import KernelFeatureError, PrivilegeError
 from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
@@ -60,8 +63,6 @@ NETFILTER_HOOKS = tuple(
 NAT_HOOKS = (bpflink.NF_INET_PRE_ROUTING, bpflink.NF_INET_LOCAL_OUT, bpflink.NF_INET_POST_ROUTING)
 DAEMON_NETFILTER_HOOKS = tuple(h for h in NETFILTER_HOOKS if h[1] in NAT_HOOKS)
 NETFILTER_FUNCTION = "cntrace_netfilter"
-TCX_FUNCTIONS = ("cntrace_tc_from_container", "cntrace_tc_to_container")
-LOOPBACK_IFINDEX = 1
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
@@ -72,9 +73,20 @@ class HookStatus:
     name: str           # e.g. "raw_tracepoint:kfree_skb", "netfilter:ipv4:POSTROUTING"
     attached: bool
     detail: str         # why it is missing, or what it gives
+    mechanism: str = ""  # how it is attached: MECHANISMS below; "" when it is not
 
     def to_dict(self) -> dict:
-        return {"hook": self.name, "attached": self.attached, "detail": self.detail}
+        return {"hook": self.name, "attached": self.attached, "mechanism": self.mechanism,
+                "detail": self.detail}
+
+
+# What HookStatus.mechanism can say (the `mechanism` label of cntrace_hook_attached).
+RAW_TRACEPOINT = "raw_tracepoint"
+NETFILTER_LINK = "netfilter_link"
+FENTRY = "fentry"
+FEXIT = "fexit"
+MECHANISMS = (RAW_TRACEPOINT, NETFILTER_LINK, FENTRY, FEXIT, tclink.TcxLinks.mechanism,
+              tclink.ClassicTc.mechanism)
 
 
 def check_privileges(status_path: str = "/proc/self/status") -> None:
@@ -122,9 +134,9 @@ class Tracer:
     layout: KernelLayout
     drop_reasons: dict[int, str] = field(default_factory=dict)
     hooks: list[HookStatus] = field(default_factory=list)
-    # The daemon's tcx programs (from container, to container), linked per
-    # container veth by tracer.counters; None when tcx is unavailable.
-    tc_program_fds: tuple[int, int] | None = None
+    # The daemon's counting programs on container veths (tcx or classic tc),
+    # attached per veth by tracer.counters; None outside the daemon.
+    veth_programs: tclink.TcxLinks | tclink.ClassicTc | None = None
     _link_fds: list[int] = field(default_factory=list)
 
     def __getitem__(self, map_name: str):
@@ -138,6 +150,9 @@ class Tracer:
         return self.bpf.ksym(address, show_offset=True).decode(errors="replace")
 
     def close(self) -> None:
+        if self.veth_programs is not None:
+            self.veth_programs.close()
+            self.veth_programs = None
         for fd in self._link_fds:
             os.close(fd)
         self._link_fds.clear()
@@ -156,13 +171,51 @@ class KernelInfo:
 
     layout: KernelLayout
     drop_reasons: dict[int, str]
+    nf_hook_slow_id: int | None = None   # BTF id, for fentry/fexit
 
 
 def read_kernel(btf_path: str = DEFAULT_BTF) -> KernelInfo:
     """Cheap (~20 ms) and done first, so a kernel without BTF fails before
     anything else is asked of it."""
     with Btf.vmlinux(btf_path) as btf:
-        return KernelInfo(resolve(btf), drop_reasons(btf))
+        return KernelInfo(resolve(btf), drop_reasons(btf),
+                          btf.function_id(features.NF_HOOK_FUNCTION))
+
+
+@dataclass(frozen=True)
+class NatChoice:
+    """How the netfilter hops are seen on this kernel: NETFILTER_LINK, FENTRY
+    (fentry/fexit on nf_hook_slow) or "" with why neither works."""
+
+    mechanism: str
+    why_not: str = ""
+
+    def cflags(self) -> list[str]:
+        if self.mechanism == NETFILTER_LINK:
+            return ["-DNAT_VIA_NETFILTER_LINK"]
+        if self.mechanism == FENTRY:
+            # The netns a netfilter link would sit in: the tracer's own.
+            return ["-DNAT_VIA_NF_HOOK_SLOW",
+                    f"-DTRACER_NETNS={os.stat('/proc/self/ns/net').st_ino}"]
+        return []
+
+
+def choose_nat(kernel: KernelInfo) -> NatChoice:
+    layout = kernel.layout
+    if layout.has_netfilter_programs:
+        link = features.netfilter_link()
+        if link.available:
+            return NatChoice(NETFILTER_LINK)
+        link_why = f"BPF netfilter link: {link.detail}"
+    else:
+        link_why = "BPF netfilter links: kernel BTF has no bpf_nf_ctx (they need kernel >= 6.4)"
+    if not layout.has_nf_hook_state:
+        return NatChoice("", f"{link_why}; fentry: kernel BTF has no struct nf_hook_state")
+    probe = features.fentry(kernel.nf_hook_slow_id)
+    if probe.available:
+        return NatChoice(FENTRY)
+    return NatChoice("", f"{link_why}; fentry/fexit on {features.NF_HOOK_FUNCTION}: "
+                         f"{probe.detail}")
 
 
 def load(
@@ -178,11 +231,13 @@ def load(
     check_privileges()
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
-    cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    nat = choose_nat(kernel) if netfilter else NatChoice("", "not asked for")
+    cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}", *nat.cflags()]
     if flow_table_size is not None:
         cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
                    f"-DMAX_CONTAINERS={MAX_CONTAINERS}"]
     try:
+        # bcc attaches kfunc__/kretfunc__ functions (FENTRY) as it loads them.
         bpf = BPF(text=program_source(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile/load failure
         raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
@@ -194,11 +249,11 @@ def load(
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(bpf, name))
         if daemon:
-            tracer.hooks.append(_load_tcx(tracer))
+            tracer.hooks.append(_load_veth_programs(tracer))
         if netfilter:
             # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
             hooks = DAEMON_NETFILTER_HOOKS if daemon else NETFILTER_HOOKS
-            tracer.hooks.extend(_attach_netfilter(tracer, hooks))
+            tracer.hooks.extend(_attach_netfilter(tracer, hooks, nat))
     except BaseException:
         tracer.close()
         raise
@@ -209,21 +264,29 @@ def load(
     return tracer
 
 
-def _load_tcx(tracer: Tracer) -> HookStatus:
-    """Load the tcx counting programs and probe that tcx links work (on lo,
-    linked and unlinked at once); the registry links them per container."""
-    name = "tcx:container-veths"
+def _load_veth_programs(tracer: Tracer) -> HookStatus:
+    """Load the counting programs; the registry attaches them per container
+    veth, with tcx links where the kernel has them, else classic tc."""
+    name = "tc:container-veths"
     lost = "lost: per-container traffic, peer and flow counters"
     try:
         from bcc import BPF
 
-        programs = tuple(tracer.bpf.load_func(f, BPF.SCHED_CLS).fd for f in TCX_FUNCTIONS)
-        os.close(bpflink.tcx_link_create(programs[0], LOOPBACK_IFINDEX,
-                                         bpflink.BPF_TCX_INGRESS))
-    except Exception as exc:  # bcc: bare Exception; the link: OSError
-        return HookStatus(name, False, f"tcx links need kernel >= 6.6 ({exc}); {lost}")
-    tracer.tc_program_fds = programs
-    return HookStatus(name, True, "linked on each container's host veth")
+        programs = tuple(tracer.bpf.load_func(f, BPF.SCHED_CLS).fd for f in tclink.TC_FUNCTIONS)
+    except Exception as exc:  # bcc: bare Exception
+        return HookStatus(name, False, f"the kernel refused the tc programs ({exc}); {lost}")
+    tcx = features.tcx()
+    if tcx.available:
+        tracer.veth_programs = tclink.TcxLinks(programs)
+    else:
+        try:
+            tracer.veth_programs = tclink.ClassicTc(programs)
+        except OSError as exc:   # pyroute2's NetlinkError is an OSError
+            return HookStatus(name, False, f"no tcx ({tcx.detail}) and classic tc failed "
+                                           f"({exc}); {lost}")
+    attached = tracer.veth_programs
+    detail = attached.detail if tcx.available else f"{attached.detail}; no tcx: {tcx.detail}"
+    return HookStatus(name, True, detail, attached.mechanism)
 
 
 def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
@@ -233,18 +296,24 @@ def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:
         bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=function.encode())
     except Exception as exc:
         return HookStatus(hook, False, f"cannot attach ({exc}); lost: {gives}")
-    return HookStatus(hook, True, gives)
+    return HookStatus(hook, True, gives, RAW_TRACEPOINT)
 
 
-def _attach_netfilter(tracer: Tracer, hooks: tuple) -> list[HookStatus]:
+def _attach_netfilter(tracer: Tracer, hooks: tuple, nat: NatChoice) -> list[HookStatus]:
     names = [
         f"netfilter:{'ipv4' if pf == bpflink.NFPROTO_IPV4 else 'ipv6'}:{bpflink.HOOK_NAMES[hook]}"
         for pf, hook, _ in hooks
     ]
     lost = "lost: NAT translations and routing (in/out device) at this hook"
-    if not tracer.layout.has_netfilter_programs:
-        why = "kernel BTF has no bpf_nf_ctx: BPF netfilter programs need kernel >= 6.4"
-        return [HookStatus(n, False, f"{why}; {lost}") for n in names]
+    if nat.mechanism == FENTRY:   # bcc attached both when it loaded them
+        function = features.NF_HOOK_FUNCTION
+        return [HookStatus(n, True, f"fentry on {function}, before the filter table", FENTRY)
+                if hook == bpflink.NF_INET_FORWARD else
+                HookStatus(n, True, f"fexit on {function}, after NAT and every hook function",
+                           FEXIT)
+                for n, (_, hook, _) in zip(names, hooks, strict=True)]
+    if nat.mechanism != NETFILTER_LINK:
+        return [HookStatus(n, False, f"{nat.why_not}; {lost}") for n in names]
     try:
         function = tracer.bpf.load_func(
             NETFILTER_FUNCTION, bpflink.BPF_PROG_TYPE_NETFILTER, attach_type=bpflink.BPF_NETFILTER
@@ -260,7 +329,8 @@ def _attach_netfilter(tracer: Tracer, hooks: tuple) -> list[HookStatus]:
             statuses.append(HookStatus(name, False, f"BPF_LINK_CREATE failed: {exc}; {lost}"))
             continue
         tracer._link_fds.append(fd)
-        statuses.append(HookStatus(name, True, f"priority {used}"))
+        statuses.append(HookStatus(name, True, f"BPF netfilter link, priority {used}",
+                                   NETFILTER_LINK))
     return statuses
 
 

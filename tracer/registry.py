@@ -31,7 +31,7 @@ class Tracked:
     addresses: frozenset[str]
     veths: frozenset[int]                  # host-side veth ifindexes: where it is counted
     since_ns: int                          # allocation time, wire.flow_clock_ns
-    linked: frozenset[int] = frozenset()   # the veths whose tcx links are in place
+    linked: frozenset[int] = frozenset()   # the veths its counting programs are on
 
 
 # What CounterMaps.attach_veth says.
@@ -172,8 +172,8 @@ class Registry:
         if result == FAILED and ifindex not in self._failed_veths:
             self._failed_veths.add(ifindex)
             self.attribution_failures += 1
-            log.warning("cannot count container %s: no tcx link on its veth %d (will retry)",
-                        tracked.container.name, ifindex)
+            log.warning("cannot count container %s: its veth %d refused the counting "
+                        "programs (will retry)", tracked.container.name, ifindex)
         return False
 
     def _remove(self, cid: str) -> str:

@@ -12,6 +12,13 @@ import time
 from collections.abc import Callable
 
 CNTRACE = [sys.executable, "-m", "tracer"]
+# Timeouts are for this machine kind; a kernel VM under emulation (tests/vm/)
+# compiles BPF ~200x slower and sets a larger scale.
+TIME_SCALE = float(os.environ.get("CNTRACE_TEST_TIME_SCALE", "1"))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_SCALE
 
 
 def ip_json(*args: str, pid: int | None = None) -> list[dict]:
@@ -39,7 +46,7 @@ def run_events(args: list[str], action: Callable[[], object], settle: float = 0.
     proc = subprocess.Popen([*CNTRACE, "events", "--json", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         stderr_lines = []
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
@@ -51,7 +58,7 @@ def run_events(args: list[str], action: Callable[[], object], settle: float = 0.
         action()
         time.sleep(settle)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=scaled(30))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -190,3 +197,48 @@ def bpf_held(pid: int) -> dict[str, set[int]]:
                 held[kind].add(int(fields[f"{kind}_id"]))
                 break
     return held
+
+
+def bpf_gone(held: dict[str, set[int]]) -> bool:
+    """None of these programs or links exists any more, in the whole kernel."""
+    links = {link["id"] for link in bpftool("link", "show")}
+    return not (held["prog"] & set(bpf_programs())) and not (held["link"] & links)
+
+
+def hook_mechanisms(samples: dict) -> dict[str, str]:
+    """hook -> mechanism, from a daemon's cntrace_hook_attached samples."""
+    return {dict(labels)["hook"]: dict(labels)["mechanism"]
+            for (name, labels), value in samples.items()
+            if name == "cntrace_hook_attached" and value == 1}
+
+
+def expected_attachments(mechanisms: dict[str, str], veths: int) -> tuple[int, int]:
+    """(BPF links, cls_bpf filters) a daemon holds with these hooks and this
+    many container veths: a raw tracepoint or netfilter link is one link per
+    hook, fentry/fexit one per program however many hooks it serves, tcx two
+    links per veth and classic tc two filters per veth."""
+    used = mechanisms.values()
+    per_hook = sum(1 for m in used if m in ("raw_tracepoint", "netfilter_link"))
+    tracing = len({m for m in used if m in ("fentry", "fexit")})
+    links = per_hook + tracing + (2 * veths if "tcx" in used else 0)
+    return links, (2 * veths if "cls_bpf" in used else 0)
+
+
+def tc_state() -> tuple[set[tuple[str, str]], set[str]]:
+    """From `tc`, not cntrace: (cntrace's cls_bpf filters as (device,
+    ingress|egress), the devices with a clsact qdisc) in this netns."""
+    def tc(*args: str) -> list[dict]:
+        out = subprocess.run(["tc", "-j", *args], capture_output=True, text=True)
+        return json.loads(out.stdout or "[]") if out.returncode == 0 else []
+
+    filters, clsact = set(), set()
+    for dev in (li["ifname"] for li in ip_json("link", "show")):
+        if not any(q.get("kind") == "clsact" for q in tc("qdisc", "show", "dev", dev)):
+            continue
+        clsact.add(dev)
+        for direction in ("ingress", "egress"):
+            for f in tc("filter", "show", "dev", dev, direction):
+                if f.get("kind") == "bpf" and \
+                        f.get("options", {}).get("bpf_name", "").startswith("cntrace_"):
+                    filters.add((dev, direction))
+    return filters, clsact

@@ -16,7 +16,17 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers import CNTRACE
+from tests.integration.helpers import (
+    CNTRACE,
+    bpf_gone,
+    bpf_held,
+    expected_attachments,
+    hook_mechanisms,
+    link,
+    link_by_index,
+    scaled,
+    tc_state,
+)
 from tests.integration.prometheus import (
     PrometheusServer,
     prometheus_available,
@@ -39,16 +49,17 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [*CNTRACE, "daemon", "--web.listen-address", f"127.0.0.1:{self.port}",
              "--reconcile-seconds", "2", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
 
     def wait_ready(self, url: str | None = None, timeout: float = 60, **kw) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited: {self.proc.stderr.read()}")
@@ -62,7 +73,7 @@ class Daemon:
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=20)
+            _, err = self.proc.communicate(timeout=scaled(20))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
@@ -108,7 +119,7 @@ def daemon(testbed):
 
 
 def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         result = predicate()
         if result:
@@ -145,7 +156,16 @@ def wait_for_quiet(daemon, *containers: str, quiet: float = 1.5, timeout: float 
     raise AssertionError("the containers never went quiet")
 
 
-def test_exact_packet_and_byte_counts(daemon, testbed):
+@pytest.mark.kernel
+def test_exact_packet_and_byte_counts(daemon, testbed, record_property):
+    # For the kernel matrix's table (tests/vm/matrix.py): which mechanism each hook used.
+    record_property("daemon_hooks", json.dumps(hook_mechanisms(daemon.scrape())))
+    assert_exact_counts(daemon, testbed)
+
+
+def assert_exact_counts(daemon, testbed) -> None:
+    """1,000 datagrams a -> b: exactly 1,000 packets and their IP bytes, per
+    container, per peer and per direction, and one flow opened."""
     a, b = testbed.containers["a"], testbed.containers["b"]
     check_route(b.ip, [b.bridge])
     n, payload = 1000, 100
@@ -186,6 +206,43 @@ def test_exact_packet_and_byte_counts(daemon, testbed):
     assert get(delta, "cntrace_container_flows_opened_total", container=a.name) == 1
 
 
+def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_client):
+    """The counting path of kernels without tcx (Debian 12's 6.1), here with
+    tcx turned off: exact counts, and another tool's clsact qdisc and filter
+    on a container veth are left as they were when cntrace stops."""
+    b_veth = hops_of_veth(testbed.containers["b"])
+    subprocess.run(["tc", "qdisc", "add", "dev", b_veth, "clsact"], check=True)
+    foreign = ["tc", "filter", "add", "dev", b_veth, "ingress", "prio", "7", "protocol", "all",
+               "matchall", "action", "pass"]
+    subprocess.run(foreign, check=True)
+    try:
+        filters_before, clsact_before = tc_state()
+        d = Daemon(env={"CNTRACE_DISABLE_FEATURES": "tcx"})
+        try:
+            d.wait_ready()
+            assert hook_mechanisms(d.scrape())["tc:container-veths"] == "cls_bpf"
+            veths = len(docker_client.containers.list())
+            wait_until(lambda: len(tc_state()[0] - filters_before) == 2 * veths,
+                       "two cls_bpf filters per container veth")
+            assert_exact_counts(d, testbed)
+        finally:
+            code, err = d.stop()
+        assert code == 0, err
+        assert tc_state() == (filters_before, clsact_before)
+        shown = subprocess.run(["tc", "filter", "show", "dev", b_veth, "ingress"],
+                               capture_output=True, text=True, check=True).stdout
+        assert "matchall" in shown and "pref 7" in shown, shown
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", b_veth, "clsact"], check=False)
+
+
+def hops_of_veth(container) -> str:
+    """The host-side veth of a testbed container, from `ip -j` (its peer ifindex)."""
+    peer = link("eth0", pid=container.pid)["link_index"]
+    return link_by_index(peer)["ifname"]
+
+
+@pytest.mark.kernel
 def test_snat_to_the_wan_is_counted_per_container(daemon, testbed, docker_client):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])
@@ -203,6 +260,7 @@ def test_snat_to_the_wan_is_counted_per_container(daemon, testbed, docker_client
                peer="external", direction="tx") >= 3
 
 
+@pytest.mark.kernel
 def test_dnat_to_a_published_port_is_counted_per_container_and_port(daemon, testbed,
                                                                     docker_client):
     with extra_container(docker_client, "cntrace-test-web", ports={"80/tcp": 18081},
@@ -223,6 +281,7 @@ def test_dnat_to_a_published_port_is_counted_per_container_and_port(daemon, test
     assert get(after, "cntrace_container_dnat_packets_total", **labels) >= 3   # SYN, ACK, data
 
 
+@pytest.mark.kernel
 def test_docker_user_drop_is_counted_with_its_reason(daemon, testbed, docker_client):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])
@@ -290,28 +349,25 @@ def test_promtool_accepts_the_exposition(daemon):
     assert code == 0, output
 
 
+@pytest.mark.kernel
 def test_sigterm_detaches_everything(testbed, docker_client):
-    def our_links() -> int:
-        """BPF links whose program is one of ours (names start with cntrace_)."""
-        def bpftool(*args):
-            out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True)
-            return json.loads(out.stdout or "[]")
-
-        ours = {p["id"] for p in bpftool("prog", "show")
-                if p.get("name", "").startswith("cntrace_")}
-        return sum(1 for link in bpftool("link", "show") if link.get("prog_id") in ours)
-
-    before = our_links()
+    """Whatever this kernel offered (tcx or classic tc, netfilter links or
+    fentry/fexit), SIGTERM leaves no program, link, filter or qdisc of ours."""
+    filters_before, clsact_before = tc_state()
     d = Daemon()
     try:
         d.wait_ready()
         veths = len(docker_client.containers.list())   # one veth each on the testbed
-        wait_until(lambda: our_links() == before + 1 + 6 + 2 * veths,
-                   "kfree_skb, netfilter PRE/OUT/POST x 2, tcx in+out per container veth")
+        links, filters = expected_attachments(hook_mechanisms(d.scrape()), veths)
+        wait_until(lambda: len(bpf_held(d.proc.pid)["link"]) == links
+                   and len(tc_state()[0] - filters_before) == filters,
+                   f"{links} links and {filters} cls_bpf filters")
+        held = bpf_held(d.proc.pid)
     finally:
         code, err = d.stop()
     assert code == 0, err
-    assert our_links() == before
+    assert bpf_gone(held)
+    assert tc_state() == (filters_before, clsact_before)
 
 
 @pytest.mark.parametrize("args, env, message", [

@@ -211,13 +211,13 @@ def test_measure_reads_the_units_capabilities():
 
 
 @pytest.mark.parametrize("scrape, problems", [
-    ('cntrace_hook_attached{hook="tcx:container-veths"} 1.0\ncntrace_containers 3.0\n'
+    ('cntrace_hook_attached{hook="tc:container-veths"} 1.0\ncntrace_containers 3.0\n'
      "cntrace_attribution_failures_total 0.0\ncntrace_docker_connected 1.0\n"
      "cntrace_conntrack_entries 12.0\ncntrace_conntrack_entries_limit 262144.0\n", []),
     ('cntrace_hook_attached{hook="netfilter:ipv4:POSTROUTING"} 0.0\ncntrace_containers 1.0\n'
      "cntrace_attribution_failures_total 2.0\ncntrace_docker_connected 0.0\n",
      ["not attached: netfilter:ipv4:POSTROUTING", "counts 1 of 3 containers",
-      "2 attribution failures (no tcx link or slot)", "docker not connected",
+      "2 attribution failures (no veth attachment or slot)", "docker not connected",
       "no cntrace_conntrack_entries", "no cntrace_conntrack_entries_limit"]),
 ])
 def test_measure_judges_a_scrape(scrape, problems):

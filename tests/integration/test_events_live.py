@@ -4,6 +4,8 @@ SNATed.  Expected values come from Docker (the testbed) and `ip -j`."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.integration.helpers import link, link_by_index, netns_inode, run_events
@@ -24,7 +26,8 @@ def find(events, **want):
     return [e for e in events if all(e.get(k) == v for k, v in want.items())]
 
 
-def test_ping_between_containers_is_seen_at_every_hop(testbed, docker_client):
+@pytest.mark.kernel
+def test_ping_between_containers_is_seen_at_every_hop(testbed, docker_client, record_property):
     a, b = testbed.containers["a"], testbed.containers["b"]
     ha, hb = hops_of(a), hops_of(b)
     host = netns_inode()
@@ -34,7 +37,10 @@ def test_ping_between_containers_is_seen_at_every_hop(testbed, docker_client):
         code, out = ping(docker_client, a.name, b.ip, allowed=[a.bridge], count=1)
         assert code == 0, out
 
-    events, _ = run_events(["-c", a.name, "-p", "icmp"], send)
+    events, err = run_events(["-c", a.name, "-p", "icmp"], send)
+    # For the kernel matrix's table (tests/vm/matrix.py): "13/13 (fentry, ...)".
+    tracing = re.search(r"tracing on (\d+/\d+) hooks \(([^)]*)\)", err)
+    record_property("events_hooks", f"{tracing[1]} ({tracing[2]})" if tracing else "?")
     request = [e for e in events if e.get("icmp_type") == 8 and e["dst"] == b.ip]
     reply = [e for e in events if e.get("icmp_type") == 0 and e["src"] == b.ip]
     assert request and reply, events
@@ -72,6 +78,7 @@ def test_ping_between_containers_is_seen_at_every_hop(testbed, docker_client):
         assert (e["src_container"], e["dst_container"]) == (b.name, a.name)
 
 
+@pytest.mark.kernel
 def test_ping_to_wan_leaves_the_uplink_snated(testbed, docker_client):
     a = testbed.containers["a"]
     uplink = link(testbed.wan_host_ifname)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import CNTRACE, link, link_by_index
+from tests.integration.helpers import CNTRACE, link, link_by_index, scaled
 from tracer.testbed import IMAGE_TAG, LABEL, check_route
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def trace_ping(*args: str) -> tuple[int, dict | str, str]:
     result = subprocess.run([*CNTRACE, "ping", *args], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=scaled(60))
     assert "Traceback" not in result.stderr, result.stderr
     if "--json" in args and result.returncode in (0, 1):
         return result.returncode, json.loads(result.stdout), result.stderr
@@ -71,6 +71,7 @@ def sysctl(name: str, value: str):
         path.write_text(old)
 
 
+@pytest.mark.kernel
 def test_container_to_container_on_the_default_bridge(testbed):
     a, b = testbed.containers["a"], testbed.containers["b"]
     check_route(b.ip, [b.bridge])
@@ -88,6 +89,7 @@ def test_container_to_container_on_the_default_bridge(testbed):
     assert offsets == sorted(offsets) and offsets[0] >= 0
 
 
+@pytest.mark.kernel
 def test_container_to_container_on_a_user_network(testbed, docker_client):
     c = testbed.containers["c"]
     with extra_container(docker_client, "cntrace-test-d", network=testbed.user_network) as d:
@@ -100,6 +102,7 @@ def test_container_to_container_on_a_user_network(testbed, docker_client):
     assert result["path"]["request_chain"][-1] == "cntrace-test-d eth0"
 
 
+@pytest.mark.kernel
 def test_container_to_wan_shows_the_snat(testbed):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])
@@ -120,6 +123,7 @@ def test_text_output_draws_the_path(testbed):
     assert "REACHABLE: 1/1 answered" in text
 
 
+@pytest.mark.kernel
 def test_wan_to_a_published_port_shows_the_dnat(testbed, docker_client):
     with extra_container(docker_client, "cntrace-test-web", ports={"80/tcp": 18080},
                          command=["httpd", "-f", "-p", "80", "-h", "/"]) as web:
@@ -133,6 +137,7 @@ def test_wan_to_a_published_port_shows_the_dnat(testbed, docker_client):
     assert result["path"]["request_chain"][-1] == "cntrace-test-web eth0"
 
 
+@pytest.mark.kernel
 def test_drop_rule_in_docker_user_is_diagnosed(testbed):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])
@@ -145,6 +150,7 @@ def test_drop_rule_in_docker_user_is_diagnosed(testbed):
     assert any("chain DOCKER-USER" in text for text in findings), findings
 
 
+@pytest.mark.kernel
 def test_ip_forwarding_disabled_is_diagnosed(testbed):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])

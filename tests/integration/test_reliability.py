@@ -31,14 +31,19 @@ import pytest
 
 from tests.integration.helpers import (
     CNTRACE,
+    bpf_gone,
     bpf_held,
     bpf_links,
     bpf_programs,
     bpftool,
+    expected_attachments,
+    hook_mechanisms,
     kill_and_restart_dockerd,
     open_fds,
     percpu_array,
     rss_kib,
+    scaled,
+    tc_state,
 )
 from tests.integration.test_daemon_live import (
     A_NAME,
@@ -384,54 +389,60 @@ class ForeignProbe:
         self.bpf.cleanup()
 
 
-def _gone(held: dict[str, set[int]]) -> bool:
-    """None of these programs or links exists any more, in the whole kernel."""
-    links = {link["id"] for link in bpftool("link", "show")}
-    return not (held["prog"] & set(bpf_programs())) and not (held["link"] & links)
-
-
 def _hooks(d: Daemon) -> dict[str, float]:
     return {dict(labels)["hook"]: value for (name, labels), value in d.scrape().items()
             if name == "cntrace_hook_attached"}
 
 
+@pytest.mark.kernel
 def test_killed_daemon_leaves_no_bpf_and_spares_other_tools(testbed):
     """SIGKILL runs no cleanup code: the kernel must release every program
-    and link (kfree_skb, netfilter, tcx on each veth) when the fds close. A
-    restart then attaches every hook again, SIGTERM detaches it all, and
-    another tool's BPF program runs throughout."""
+    and link (kfree_skb, netfilter or fexit, tcx on each veth) when the fds
+    close.  Classic tc filters (kernels without tcx) outlive the process: the
+    restart must remove them.  A restart then attaches every hook again,
+    SIGTERM detaches it all, and another tool's BPF program runs throughout."""
     foreign = ForeignProbe()
     daemons: list[Daemon] = []
+    tc_before = tc_state()
 
-    def start() -> tuple[Daemon, dict[str, set[int]]]:
+    def start() -> tuple[Daemon, dict[str, set[int]], dict[str, str]]:
         d = Daemon()
         daemons.append(d)
         d.wait_ready()
+        mechanisms = {}
 
-        def all_linked() -> bool:
-            # kfree_skb, netfilter PRE/OUT/POST for IPv4 and IPv6, tcx in + out per veth
-            containers = get(d.scrape(), "cntrace_containers")
-            return containers > 0 and len(bpf_held(d.proc.pid)["link"]) == 1 + 6 + 2 * containers
+        def all_attached() -> bool:
+            samples = d.scrape()
+            containers = int(get(samples, "cntrace_containers"))
+            mechanisms.update(hook_mechanisms(samples))
+            links, filters = expected_attachments(mechanisms, containers)
+            return (containers > 0 and len(bpf_held(d.proc.pid)["link"]) == links
+                    and len(tc_state()[0] - tc_before[0]) == filters)
 
-        wait_until(all_linked, "every hook linked")
-        return d, bpf_held(d.proc.pid)
+        wait_until(all_attached, "every hook attached, no leftover filters")
+        return d, bpf_held(d.proc.pid), mechanisms
 
     try:
         foreign.assert_attached_and_running()
-        first, held = start()
+        first, held, mechanisms = start()
         hooks = _hooks(first)
         assert hooks and set(hooks.values()) == {1.0}, hooks
         first.proc.kill()
-        first.proc.communicate(timeout=20)
-        wait_until(lambda: _gone(held), "the kernel released the killed daemon's BPF")
+        first.proc.communicate(timeout=scaled(20))
+        if "cls_bpf" in mechanisms.values():
+            assert tc_state()[0] - tc_before[0], "cls_bpf filters outlive a killed process"
+        else:
+            wait_until(lambda: bpf_gone(held), "the kernel released the killed daemon's BPF")
         foreign.assert_attached_and_running()
 
-        second, held = start()
+        second, held_now, _ = start()
+        wait_until(lambda: bpf_gone(held), "nothing of the killed daemon's is left")
         assert _hooks(second) == hooks
         code, log = second.stop()
         assert code == 0, log
         assert "detached all hooks" in log
-        assert _gone(held)
+        assert bpf_gone(held_now)
+        assert tc_state() == tc_before
         foreign.assert_attached_and_running()
     finally:
         for d in daemons:

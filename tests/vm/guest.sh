@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs inside a kernel VM (tests/vm/matrix.py boots it with virtme-ng over the
+# host's root filesystem, read-only, with writable overlays on /etc, /var,
+# /tmp, /opt and /usr): prepares what a Docker host needs that the overlays
+# cannot give, then runs the kernel-sensitive tests against the guest kernel.
+#
+#   tests/vm/guest.sh RESULTS_DIR [PYTEST_ARG...]
+set -euo pipefail
+RESULTS="$1"; shift
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# overlay2 cannot stack on the 9p/overlay root: Docker's vfs driver on a tmpfs.
+mkdir -p /var/lib/docker /var/lib/containerd /etc/docker
+mountpoint -q /var/lib/docker || mount -t tmpfs -o size=6g tmpfs /var/lib/docker
+mountpoint -q /var/lib/containerd || mount -t tmpfs tmpfs /var/lib/containerd
+echo '{"storage-driver": "vfs"}' > /etc/docker/daemon.json
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+# Docker's iptables rules need the nat and filter tables: autoloaded, but
+# loading them first keeps the first `docker run` from racing the modules.
+modprobe -a veth bridge br_netfilter nf_nat iptable_nat iptable_filter 2>/dev/null || true
+
+# dockerd takes ~40 s to start under emulation, longer than the testbed
+# waits for one it starts itself; the testbed uses a running one as it is.
+dockerd >/run/dockerd.log 2>&1 &
+for _ in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 1; done
+docker info >/dev/null 2>&1 || { echo "guest: dockerd did not start"; tail -5 /run/dockerd.log; exit 1; }
+
+cd "$REPO"
+export PYTHONDONTWRITEBYTECODE=1   # the checkout is read-only in the guest
+uname -r > "$RESULTS/kernel"
+status=0
+/opt/cntrace/venv/bin/python -m pytest -p no:cacheprovider -m kernel -v -rs \
+    --junitxml="$RESULTS/junit.xml" "$@" tests/integration || status=$?
+echo "$status" > "$RESULTS/status"
+exit "$status"

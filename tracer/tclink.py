@@ -1,0 +1,187 @@
+"""The daemon's counting programs on each container's host-side veth.
+
+Two mechanisms behind one interface (attach / detach / close), chosen by
+tracer/loader.py from tracer/features.py's probes:
+
+- TcxLinks: tcx links (kernel >= 6.6).  Closing the fd detaches; a killed
+  daemon leaves nothing.
+- ClassicTc: a clsact qdisc and a named cls_bpf direct-action filter per
+  direction, through pyroute2 (kernels before 6.6, e.g. Debian 12's 6.1).
+  Filters outlive a killed process, so leftovers named like ours are removed
+  at start; a qdisc is deleted only when cntrace created it (or created it in
+  a killed run: it held only our leftover filters) and no other filter is on
+  it.  Nothing of another tc user's is ever changed.
+
+The programs return TCX_NEXT / TC_ACT_UNSPEC (both -1): never a verdict.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tracer import bpflink
+from tracer.registry import FAILED, GONE, LINKED
+
+log = logging.getLogger(__name__)
+
+_GONE_ERRNOS = (errno.ENODEV, errno.ENXIO, errno.ENOENT)
+
+# From the container / to the container: the host veth's ingress / egress.
+TC_FUNCTIONS = ("cntrace_tc_from_container", "cntrace_tc_to_container")
+TC_H_CLSACT_INGRESS = 0xFFFFFFF2
+TC_H_CLSACT_EGRESS = 0xFFFFFFF3
+CLSACT_PARENTS = (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS)
+# cntrace's own cls_bpf priority: below tc's default (49152), so it runs
+# before filters added without one; its handle is fixed so it can be found.
+CLS_BPF_PRIORITY = 9476
+CLS_BPF_HANDLE = 1
+ETH_P_ALL = 0x0003
+
+
+class TcxLinks:
+    mechanism = "tcx"
+    detail = "tcx links on each container's host veth"
+
+    def __init__(self, program_fds: tuple[int, int]) -> None:
+        self._programs = program_fds
+        self._links: dict[int, tuple[int, ...]] = {}
+
+    def attach(self, ifindex: int) -> str:
+        if ifindex in self._links:
+            return LINKED
+        links: list[int] = []
+        try:
+            for fd, attach_type in zip(self._programs,
+                                       (bpflink.BPF_TCX_INGRESS, bpflink.BPF_TCX_EGRESS),
+                                       strict=True):
+                links.append(bpflink.tcx_link_create(fd, ifindex, attach_type))
+        except OSError as exc:
+            for fd in links:
+                os.close(fd)
+            return GONE if exc.errno in _GONE_ERRNOS else FAILED
+        self._links[ifindex] = tuple(links)
+        return LINKED
+
+    def detach(self, ifindex: int) -> None:
+        for fd in self._links.pop(ifindex, ()):
+            os.close(fd)
+
+    def close(self) -> None:
+        for ifindex in list(self._links):
+            self.detach(ifindex)
+
+
+def _filter_name(message) -> str | None:
+    options = message.get_attr("TCA_OPTIONS")
+    return options.get_attr("TCA_BPF_NAME") if options else None
+
+
+class ClassicTc:
+    mechanism = "cls_bpf"
+    detail = (f"classic tc: clsact + cls_bpf filters (priority {CLS_BPF_PRIORITY}) on each "
+              "container's host veth")
+
+    def __init__(self, program_fds: tuple[int, int], ipr: IPRoute | None = None) -> None:
+        self._programs = program_fds
+        self._ipr = ipr or IPRoute()
+        self._attached: set[int] = set()
+        self._own_qdiscs: set[int] = set()
+        self.leftovers_removed = self.remove_leftovers()
+
+    # ------------------------------------------------------------ attach
+    def attach(self, ifindex: int) -> str:
+        if ifindex in self._attached:
+            return LINKED
+        try:
+            self._ensure_clsact(ifindex)
+            for fd, parent, name in zip(self._programs, CLSACT_PARENTS, TC_FUNCTIONS,
+                                        strict=True):
+                self._ipr.tc("replace-filter", "bpf", ifindex, CLS_BPF_HANDLE, fd=fd,
+                             name=name, parent=parent, prio=CLS_BPF_PRIORITY,
+                             protocol=ETH_P_ALL, classid=1, direct_action=True)
+        except NetlinkError as exc:
+            self._remove_ours(ifindex)
+            return GONE if exc.code in _GONE_ERRNOS else FAILED
+        self._attached.add(ifindex)
+        return LINKED
+
+    def detach(self, ifindex: int) -> None:
+        if ifindex in self._attached:
+            self._attached.discard(ifindex)
+            self._remove_ours(ifindex)
+
+    def close(self) -> None:
+        for ifindex in list(self._attached):
+            self.detach(ifindex)
+        self._ipr.close()
+
+    # ----------------------------------------------------------- helpers
+    def _ensure_clsact(self, ifindex: int) -> None:
+        try:
+            self._ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            return   # someone's (or ours from before): used, never deleted unless empty of others
+        self._own_qdiscs.add(ifindex)
+
+    def _filters(self, ifindex: int, parent: int) -> list:
+        try:
+            return list(self._ipr.get_filters(index=ifindex, parent=parent))
+        except NetlinkError as exc:
+            if exc.code in _GONE_ERRNOS or exc.code == errno.EINVAL:
+                return []   # the veth is gone, or has no clsact
+            raise
+
+    def _ours(self, message) -> bool:
+        return (message.get_attr("TCA_KIND") == "bpf"
+                and (message["info"] >> 16) == CLS_BPF_PRIORITY
+                and _filter_name(message) in TC_FUNCTIONS)
+
+    def _remove_ours(self, ifindex: int, own_qdisc: bool | None = None) -> int:
+        """Delete our filters on ifindex, then the clsact qdisc when it is ours
+        and carries no other filter; returns the filters deleted."""
+        removed, others = 0, 0
+        for parent in CLSACT_PARENTS:
+            for message in self._filters(ifindex, parent):
+                if not message.get_attr("TCA_KIND"):
+                    continue   # the chain header, not a filter
+                if not self._ours(message):
+                    others += 1
+                    continue
+                try:
+                    self._ipr.tc("del-filter", "bpf", ifindex, message["handle"],
+                                 parent=parent, prio=CLS_BPF_PRIORITY, protocol=ETH_P_ALL)
+                    removed += 1
+                except NetlinkError as exc:
+                    if exc.code not in _GONE_ERRNOS:
+                        raise
+        if own_qdisc is None:
+            own_qdisc = ifindex in self._own_qdiscs
+        if own_qdisc and not others:
+            try:
+                self._ipr.tc("del", "clsact", ifindex)
+            except NetlinkError as exc:
+                if exc.code not in _GONE_ERRNOS + (errno.EINVAL,):
+                    raise
+        self._own_qdiscs.discard(ifindex)
+        return removed
+
+    def remove_leftovers(self) -> int:
+        """A killed daemon's filters (ours by name and priority) on every
+        device of this netns, with a clsact left holding nothing else."""
+        removed = 0
+        for link in self._ipr.get_links():
+            ifindex = link["index"]
+            if any(self._ours(m) for parent in CLSACT_PARENTS
+                   for m in self._filters(ifindex, parent) if m.get_attr("TCA_KIND")):
+                count = self._remove_ours(ifindex, own_qdisc=True)
+                removed += count
+                log.info("removed %d cls_bpf filter(s) a previous cntrace left on %s",
+                         count, link.get_attr("IFLA_IFNAME"))
+        return removed
