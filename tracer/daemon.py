@@ -237,7 +237,7 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
     stats = DaemonStats(hooks=list(tracer.hooks))
     for hook in tracer.hooks:
         if hook.attached:
-            log.info("attached %s (%s)", hook.name, hook.detail)
+            log.info("attached %s via %s (%s)", hook.name, hook.mechanism, hook.detail)
         else:
             log.warning("degraded: %s not attached: %s", hook.name, hook.detail)
     counters = BpfCounters(tracer)

@@ -73,20 +73,19 @@ class HookStatus:
     name: str           # e.g. "raw_tracepoint:kfree_skb", "netfilter:ipv4:POSTROUTING"
     attached: bool
     detail: str         # why it is missing, or what it gives
-    mechanism: str = ""  # how it is attached: MECHANISMS below; "" when it is not
+    mechanism: str = ""  # how it is attached (below, or tclink's); "" when it is not
 
     def to_dict(self) -> dict:
         return {"hook": self.name, "attached": self.attached, "mechanism": self.mechanism,
                 "detail": self.detail}
 
 
-# What HookStatus.mechanism can say (the `mechanism` label of cntrace_hook_attached).
+# What HookStatus.mechanism says (the `mechanism` label of cntrace_hook_attached),
+# besides tclink's "tcx" and "cls_bpf".
 RAW_TRACEPOINT = "raw_tracepoint"
 NETFILTER_LINK = "netfilter_link"
 FENTRY = "fentry"
 FEXIT = "fexit"
-MECHANISMS = (RAW_TRACEPOINT, NETFILTER_LINK, FENTRY, FEXIT, tclink.TcxLinks.mechanism,
-              tclink.ClassicTc.mechanism)
 
 
 def check_privileges(status_path: str = "/proc/self/status") -> None:

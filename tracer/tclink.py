@@ -7,9 +7,11 @@ tracer/loader.py from tracer/features.py's probes:
   daemon leaves nothing.
 - ClassicTc: a clsact qdisc and a named cls_bpf direct-action filter per
   direction, through pyroute2 (kernels before 6.6, e.g. Debian 12's 6.1).
-  Filters outlive a killed process, so leftovers named like ours are removed
-  at start; a qdisc is deleted only when cntrace created it (or created it in
-  a killed run: it held only our leftover filters) and no other filter is on
+  Each daemon's filters carry its pid as their handle, so two daemons share
+  a veth (as tcx links do) and a filter whose daemon is gone can be told
+  apart.  Filters outlive a killed process, so such leftovers are removed at
+  start; a qdisc is deleted only when cntrace created it (or created it in a
+  killed run: it held only our leftover filters) and no other filter is on
   it.  Nothing of another tc user's is ever changed.
 
 The programs return TCX_NEXT / TC_ACT_UNSPEC (both -1): never a verdict.
@@ -37,9 +39,8 @@ TC_H_CLSACT_INGRESS = 0xFFFFFFF2
 TC_H_CLSACT_EGRESS = 0xFFFFFFF3
 CLSACT_PARENTS = (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS)
 # cntrace's own cls_bpf priority: below tc's default (49152), so it runs
-# before filters added without one; its handle is fixed so it can be found.
+# before filters added without one.
 CLS_BPF_PRIORITY = 9476
-CLS_BPF_HANDLE = 1
 ETH_P_ALL = 0x0003
 
 
@@ -81,6 +82,17 @@ def _filter_name(message) -> str | None:
     return options.get_attr("TCA_BPF_NAME") if options else None
 
 
+def _daemon_alive(pid: int, proc: str = "/proc") -> bool:
+    """A filter's handle names the daemon that added it: still running?  (A
+    reused pid of an unrelated process does not count.)"""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"daemon" in words and any(b"cntrace" in w or w == b"tracer" for w in words)
+
+
 class ClassicTc:
     mechanism = "cls_bpf"
     detail = (f"classic tc: clsact + cls_bpf filters (priority {CLS_BPF_PRIORITY}) on each "
@@ -89,6 +101,7 @@ class ClassicTc:
     def __init__(self, program_fds: tuple[int, int], ipr: IPRoute | None = None) -> None:
         self._programs = program_fds
         self._ipr = ipr or IPRoute()
+        self._handle = os.getpid()
         self._attached: set[int] = set()
         self._own_qdiscs: set[int] = set()
         self.leftovers_removed = self.remove_leftovers()
@@ -101,11 +114,11 @@ class ClassicTc:
             self._ensure_clsact(ifindex)
             for fd, parent, name in zip(self._programs, CLSACT_PARENTS, TC_FUNCTIONS,
                                         strict=True):
-                self._ipr.tc("replace-filter", "bpf", ifindex, CLS_BPF_HANDLE, fd=fd,
+                self._ipr.tc("replace-filter", "bpf", ifindex, self._handle, fd=fd,
                              name=name, parent=parent, prio=CLS_BPF_PRIORITY,
                              protocol=ETH_P_ALL, classid=1, direct_action=True)
         except NetlinkError as exc:
-            self._remove_ours(ifindex)
+            self._remove(ifindex, self._mine)
             return GONE if exc.code in _GONE_ERRNOS else FAILED
         self._attached.add(ifindex)
         return LINKED
@@ -113,7 +126,7 @@ class ClassicTc:
     def detach(self, ifindex: int) -> None:
         if ifindex in self._attached:
             self._attached.discard(ifindex)
-            self._remove_ours(ifindex)
+            self._remove(ifindex, self._mine)
 
     def close(self) -> None:
         for ifindex in list(self._attached):
@@ -131,27 +144,37 @@ class ClassicTc:
         self._own_qdiscs.add(ifindex)
 
     def _filters(self, ifindex: int, parent: int) -> list:
+        """The filters under a clsact parent.  The dump also has a header per
+        priority (kind set, handle 0: the classifier itself): left out."""
         try:
-            return list(self._ipr.get_filters(index=ifindex, parent=parent))
+            return [m for m in self._ipr.get_filters(index=ifindex, parent=parent)
+                    if m.get_attr("TCA_KIND") and m["handle"]]
         except NetlinkError as exc:
             if exc.code in _GONE_ERRNOS or exc.code == errno.EINVAL:
                 return []   # the veth is gone, or has no clsact
             raise
 
-    def _ours(self, message) -> bool:
+    @staticmethod
+    def _cntrace(message) -> bool:
+        """A filter some cntrace daemon added (this one or another)."""
         return (message.get_attr("TCA_KIND") == "bpf"
                 and (message["info"] >> 16) == CLS_BPF_PRIORITY
                 and _filter_name(message) in TC_FUNCTIONS)
 
-    def _remove_ours(self, ifindex: int, own_qdisc: bool | None = None) -> int:
-        """Delete our filters on ifindex, then the clsact qdisc when it is ours
-        and carries no other filter; returns the filters deleted."""
+    def _mine(self, message) -> bool:
+        return self._cntrace(message) and message["handle"] == self._handle
+
+    def _leftover(self, message) -> bool:
+        return self._cntrace(message) and not _daemon_alive(message["handle"])
+
+    def _remove(self, ifindex: int, which, own_qdisc: bool | None = None) -> int:
+        """Delete the filters on ifindex that `which` picks, then the clsact
+        qdisc when it is ours and carries no other filter; returns the
+        filters deleted."""
         removed, others = 0, 0
         for parent in CLSACT_PARENTS:
             for message in self._filters(ifindex, parent):
-                if not message.get_attr("TCA_KIND"):
-                    continue   # the chain header, not a filter
-                if not self._ours(message):
+                if not which(message):
                     others += 1
                     continue
                 try:
@@ -173,14 +196,15 @@ class ClassicTc:
         return removed
 
     def remove_leftovers(self) -> int:
-        """A killed daemon's filters (ours by name and priority) on every
-        device of this netns, with a clsact left holding nothing else."""
+        """Killed daemons' filters (cntrace's name and priority, a handle
+        whose daemon is gone) on every device of this netns, with a clsact
+        left holding nothing else."""
         removed = 0
         for link in self._ipr.get_links():
             ifindex = link["index"]
-            if any(self._ours(m) for parent in CLSACT_PARENTS
-                   for m in self._filters(ifindex, parent) if m.get_attr("TCA_KIND")):
-                count = self._remove_ours(ifindex, own_qdisc=True)
+            if any(self._leftover(m) for parent in CLSACT_PARENTS
+                   for m in self._filters(ifindex, parent)):
+                count = self._remove(ifindex, self._leftover, own_qdisc=True)
                 removed += count
                 log.info("removed %d cls_bpf filter(s) a previous cntrace left on %s",
                          count, link.get_attr("IFLA_IFNAME"))

@@ -212,8 +212,9 @@ def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_cli
     on a container veth are left as they were when cntrace stops."""
     b_veth = hops_of_veth(testbed.containers["b"])
     subprocess.run(["tc", "qdisc", "add", "dev", b_veth, "clsact"], check=True)
-    foreign = ["tc", "filter", "add", "dev", b_veth, "ingress", "prio", "7", "protocol", "all",
-               "matchall", "action", "pass"]
+    # Another tool's match-all filter, after ours (a verdict first would hide packets).
+    foreign = ["tc", "filter", "add", "dev", b_veth, "egress", "prio", "50000", "protocol",
+               "all", "u32", "match", "u32", "0", "0"]
     subprocess.run(foreign, check=True)
     try:
         filters_before, clsact_before = tc_state()
@@ -229,9 +230,9 @@ def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_cli
             code, err = d.stop()
         assert code == 0, err
         assert tc_state() == (filters_before, clsact_before)
-        shown = subprocess.run(["tc", "filter", "show", "dev", b_veth, "ingress"],
+        shown = subprocess.run(["tc", "filter", "show", "dev", b_veth, "egress"],
                                capture_output=True, text=True, check=True).stdout
-        assert "matchall" in shown and "pref 7" in shown, shown
+        assert "u32" in shown and "pref 50000" in shown, shown
     finally:
         subprocess.run(["tc", "qdisc", "del", "dev", b_veth, "clsact"], check=False)
 

@@ -45,6 +45,9 @@ KERNELS = {
 TIME_SCALE = 10            # TCG against this machine kind, measured with margin
 KERNEL_TIMEOUT = 25 * 60   # one kernel's boot and tests, hard stop
 GUEST_MEMORY = "6G"
+# Seen: two guests booted in the same second, one of them hung before its
+# first line.  The second starts once the first is past boot and dockerd.
+STAGGER_SECONDS = 90
 
 
 class MatrixError(Exception):
@@ -138,15 +141,17 @@ def read_junit(path: Path, kernel: str) -> KernelResult:
     return result
 
 
-def boot_and_test(series: str, pytest_args: list[str], log) -> KernelResult:
+def boot_and_test(series: str, pytest_args: list[str], log, delay: float = 0) -> KernelResult:
+    time.sleep(delay)
     started = time.monotonic()
     release = newest_release(series)
     vmlinuz = prepare(release)
     results = Path(tempfile.mkdtemp(prefix=f"cntrace-vm-{series}-"))
     command = (f"CNTRACE_TEST_TIME_SCALE={TIME_SCALE} tests/vm/guest.sh {results} "
                + " ".join(pytest_args))
+    # --verbose: the guest's boot log too, or a guest that hangs says nothing.
     vng = [str(VNG), "--run", str(vmlinuz), "--disable-kvm", "--cpus", "2", "-m", GUEST_MEMORY,
-           "--rwdir", str(results), "--cwd", str(REPO), "--", command]
+           "--rwdir", str(results), "--cwd", str(REPO), "--verbose", "--", command]
     # QEMU opens its console outputs with O_TRUNC: stream through a pipe.
     env = {**os.environ, "PATH": f"{VNG.parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(vng, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -224,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             prepare(newest_release(s))
         # Both VMs at once: each mostly runs one single-threaded compile.
         with ThreadPoolExecutor(len(series)) as pool:
-            results = list(pool.map(lambda s: boot_and_test(s, pytest_args, log), series))
+            results = list(pool.map(
+                lambda i: boot_and_test(series[i], pytest_args, log, i * STAGGER_SECONDS),
+                range(len(series))))
     except (MatrixError, subprocess.CalledProcessError, OSError) as exc:
         print(f"kernel matrix: cannot run the VMs: {exc}", file=sys.stderr)
         return 2
