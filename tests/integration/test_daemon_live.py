@@ -350,10 +350,11 @@ def test_promtool_accepts_the_exposition(daemon):
     assert code == 0, output
 
 
-@pytest.mark.kernel
 def test_sigterm_detaches_everything(testbed, docker_client):
     """Whatever this kernel offered (tcx or classic tc, netfilter links or
-    fentry/fexit), SIGTERM leaves no program, link, filter or qdisc of ours."""
+    fentry/fexit), SIGTERM leaves no program, link, filter or qdisc of ours.
+    (Not in the kernel matrix: its SIGKILL test ends with a SIGTERM too, and a
+    daemon start costs a minute under emulation.)"""
     filters_before, clsact_before = tc_state()
     d = Daemon()
     try:

@@ -126,7 +126,7 @@ def test_every_hardening_directive_is_in_force_with_every_hook_attached():
     assert hooks and set(hooks.values()) == {1.0}, hooks
 
 
-def test_sigkill_is_restarted_by_systemd_and_attaches_cleanly():
+def test_sigkill_is_restarted_by_systemd_and_attaches_cleanly(testbed):
     killed = main_pid()
     held = bpf_held(killed)
     subprocess.run(["systemctl", "kill", "-s", "KILL", "cntrace"], check=True)
@@ -135,7 +135,7 @@ def test_sigkill_is_restarted_by_systemd_and_attaches_cleanly():
     wait_until(lambda: bpf_gone(held), "nothing of the killed daemon's is left", timeout=60)
 
 
-def test_systemctl_stop_leaves_no_program_link_or_filter():
+def test_systemctl_stop_leaves_no_program_link_or_filter(testbed):
     held = bpf_held(main_pid())
     subprocess.run(["systemctl", "stop", "cntrace"], check=True)
     assert systemctl("is-active", "cntrace") == "inactive"

@@ -11,6 +11,7 @@ The host's own kernel is the native run, whose JUnit file can be passed in
 for the table's first row.
 
     python -m tests.vm.matrix [--kernel 6.1] [--native-junit FILE] [PYTEST_ARG...]
+    python -m tests.vm.matrix --kernel 6.1 --command 'cntrace testbed up && ...'
 
 Exit 0 when every kernel passed; 1 when a test failed; 2 when the VMs could
 not run at all (the reason in one line).  Kernels are cached in
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -120,6 +122,7 @@ class KernelResult:
     properties: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     error: str = ""
+    exit_code: int = 0        # the guest command's (vng passes it on)
 
     @property
     def ok(self) -> bool:
@@ -175,6 +178,7 @@ def boot_and_test(series: str, pytest_args: list[str], log, delay: float = 0) ->
                                              f"(exit {proc.returncode})")
     if time.monotonic() - started > KERNEL_TIMEOUT:
         result.error = f"stopped after {KERNEL_TIMEOUT // 60} minutes"
+    result.exit_code = proc.returncode
     result.seconds = time.monotonic() - started
     shutil.rmtree(results, ignore_errors=True)
     return result
@@ -217,8 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="a series to run (repeatable; default: all)")
     parser.add_argument("--native-junit", type=Path,
                         help="the host's own run, for the table's first row")
+    parser.add_argument("--command", help="run this shell command in the guest (Docker "
+                        "running, this checkout as the working directory) instead of the tests")
     args, pytest_args = parser.parse_known_args(argv)
     series = args.kernel or list(KERNELS)
+    if args.command:
+        if len(series) != 1:
+            parser.error("--command needs exactly one --kernel")
+        pytest_args = ["--command", shlex.quote(args.command)]
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -235,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MatrixError, subprocess.CalledProcessError, OSError) as exc:
         print(f"kernel matrix: cannot run the VMs: {exc}", file=sys.stderr)
         return 2
+    if args.command:
+        return results[0].exit_code
     if args.native_junit and args.native_junit.exists():
         native = read_junit(args.native_junit, os.uname().release)
         native.passed = [n for n in native.passed if n in _kernel_tests(results)] or native.passed

@@ -41,6 +41,9 @@ PACKAGES = (
     "initramfs-tools", "docker.io", "iptables", "conntrack", "iproute2", "busybox-static",
     "bpfcc-tools", "python3-bpfcc", "libbpfcc", "libbpf1", "bpftool", "python3-venv",
     "python3-pip", "kmod", "procps", "ca-certificates", "iputils-ping",
+    # Debian's kernel enables AppArmor and a Debian install has its tools:
+    # without apparmor_parser, dockerd cannot start a container.
+    "apparmor",
 )
 IMAGE_SIZE = "6G"
 VM_TIMEOUT = 30 * 60
@@ -76,9 +79,9 @@ def image_key() -> str:
 def build_image(log) -> tuple[Path, Path, Path]:
     """(disk image, kernel, initrd), built once per image_key()."""
     root = IMAGES / f"debian12-systemd-{image_key()}"
-    disk, kernel, initrd = root / "disk.raw", root / "vmlinuz", root / "initrd.img"
+    disk = root / "disk.raw"
     if (root / "ready").exists():
-        return disk, kernel, initrd
+        return disk, next(root.glob("vmlinuz-*")), next(root.glob("initrd.img-*"))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     tree = root / "tree"
@@ -96,9 +99,9 @@ def build_image(log) -> tuple[Path, Path, Path]:
         _run("mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
              "--aptopt=Apt::Install-Recommends false", *hooks, "--format=directory",
              SUITE, str(tree), str(SOURCES), timeout=30 * 60)
-        boot = sorted((tree / "boot").glob("vmlinuz-*"))[-1]
-        shutil.copy(boot, kernel)
-        shutil.copy(tree / "boot" / boot.name.replace("vmlinuz", "initrd.img"), initrd)
+        kernel = sorted((tree / "boot").glob("vmlinuz-*"))[-1]
+        initrd = tree / "boot" / kernel.name.replace("vmlinuz", "initrd.img")
+        kernel, initrd = Path(shutil.copy(kernel, root)), Path(shutil.copy(initrd, root))
         _run("truncate", "-s", IMAGE_SIZE, str(disk))
         _run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk))
     except subprocess.CalledProcessError as exc:
@@ -184,7 +187,8 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
-    print(f"\nsystemd VM (Debian 12, {kernel.name}): {len(result.passed)} passed, "
+    print(f"\nsystemd VM (Debian 12, {kernel.name.removeprefix('vmlinuz-')}): "
+          f"{len(result.passed)} passed, "
           f"{len(result.failed)} failed in {minutes:.1f} min")
     for name in result.failed:
         print(f"  FAILED: {name}")
