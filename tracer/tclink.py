@@ -104,7 +104,7 @@ class ClassicTc:
         self._handle = os.getpid()
         self._attached: set[int] = set()
         self._own_qdiscs: set[int] = set()
-        self.leftovers_removed = self.remove_leftovers()
+        self.remove_leftovers()
 
     # ------------------------------------------------------------ attach
     def attach(self, ifindex: int) -> str:

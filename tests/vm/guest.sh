@@ -32,5 +32,5 @@ export PYTHONDONTWRITEBYTECODE=1   # the checkout is read-only in the guest
 if [ "${1:-}" = --command ]; then
     exec bash -c "$2"
 fi
-exec /opt/cntrace/venv/bin/python -m pytest -p no:cacheprovider -m kernel -v -rs \
+exec /opt/cntrace/venv/bin/python -m pytest -p no:cacheprovider -m kernel -v -rs --durations=5 \
     --junitxml="$RESULTS/junit.xml" "$@" tests/integration

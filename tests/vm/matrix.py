@@ -21,6 +21,7 @@ not run at all (the reason in one line).  Kernels are cached in
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -50,6 +51,7 @@ GUEST_MEMORY = "6G"
 # Seen: two guests booted in the same second, one of them hung before its
 # first line.  The second starts once the first is past boot and dockerd.
 STAGGER_SECONDS = 90
+KERNEL_LOG_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
 
 
 class MatrixError(Exception):
@@ -159,9 +161,15 @@ def boot_and_test(series: str, pytest_args: list[str], log, delay: float = 0) ->
     env = {**os.environ, "PATH": f"{VNG.parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(vng, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    kernel_log: collections.deque[str] = collections.deque(maxlen=80)
     try:
         for line in proc.stdout:
-            log(f"[{series}] {line.rstrip()}")
+            # The guest's kernel log is kept back, and shown only when the
+            # guest produced no results: a hang's last words.
+            if KERNEL_LOG_LINE.match(line):
+                kernel_log.append(line.rstrip())
+            else:
+                log(f"[{series}] {line.rstrip()}")
             if time.monotonic() - started > KERNEL_TIMEOUT:
                 proc.kill()
                 break
@@ -176,6 +184,8 @@ def boot_and_test(series: str, pytest_args: list[str], log, delay: float = 0) ->
     else:
         result = KernelResult(release, error=f"the VM produced no test results "
                                              f"(exit {proc.returncode})")
+        for line in kernel_log if "--command" not in pytest_args else ():
+            log(f"[{series}] {line}")
     if time.monotonic() - started > KERNEL_TIMEOUT:
         result.error = f"stopped after {KERNEL_TIMEOUT // 60} minutes"
     result.exit_code = proc.returncode
