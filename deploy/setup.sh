@@ -147,8 +147,18 @@ run_tests() {
     else
         install_vm_tools
         # Both exit 2 with one line when the VMs cannot run: never a silent pass.
+        # The systemd VM (plain QEMU) runs beside the matrix's guests, its
+        # console kept in a file and shown after the matrix's table.
+        local systemd_log systemd_pid systemd_status=0
+        systemd_log="$(mktemp)"
+        "$VENV/bin/python" -m tests.vm.systemd_vm >"$systemd_log" 2>&1 &
+        systemd_pid=$!
+        trap 'kill "$systemd_pid" 2>/dev/null || true' EXIT   # no VM outlives this script
         "$VENV/bin/python" -m tests.vm.matrix --native-junit "$junit" || status=1
-        "$VENV/bin/python" -m tests.vm.systemd_vm || status=1
+        wait "$systemd_pid" || systemd_status=$?
+        cat "$systemd_log"
+        rm -f "$systemd_log"
+        [ "$systemd_status" -eq 0 ] || status=1
     fi
     rm -f "$junit"
     exit "$status"

@@ -24,8 +24,14 @@ modprobe -a veth bridge br_netfilter nf_nat iptable_nat iptable_filter 2>/dev/nu
 # dockerd takes ~40 s to start under emulation, longer than the testbed
 # waits for one it starts itself; the testbed uses a running one as it is.
 dockerd >/run/dockerd.log 2>&1 &
-for _ in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 1; done
-docker info >/dev/null 2>&1 || { echo "guest: dockerd did not start"; tail -5 /run/dockerd.log; exit 1; }
+echo "guest: waiting for dockerd"
+until timeout 20 docker info >/dev/null 2>&1; do
+    if [ "$SECONDS" -gt 400 ]; then
+        echo "guest: dockerd did not answer in 400 s:"; tail -20 /run/dockerd.log; exit 1
+    fi
+    sleep 2
+done
+echo "guest: dockerd up after $SECONDS s"
 
 cd "$REPO"
 export PYTHONDONTWRITEBYTECODE=1   # the checkout is read-only in the guest

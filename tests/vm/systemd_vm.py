@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,5 +197,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so each finally: block stops its QEMU.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.umask(0o022)
     sys.exit(main())
