@@ -21,14 +21,23 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracin
 # loading them first keeps the first `docker run` from racing the modules.
 modprobe -a veth bridge br_netfilter nf_nat iptable_nat iptable_filter 2>/dev/null || true
 
-# dockerd takes ~40 s to start under emulation, longer than the testbed
-# waits for one it starts itself; the testbed uses a running one as it is.
-dockerd >/run/dockerd.log 2>&1 &
+# Under emulation dockerd's own wait for the containerd it starts can time
+# out ("timeout waiting for containerd to start"), and it takes ~40 s to
+# answer, longer than the testbed waits for one it starts: containerd is
+# started first, then dockerd on it, restarted if it gives up.
+containerd >/run/containerd.log 2>&1 &
+until [ -S /run/containerd/containerd.sock ]; do
+    [ "$SECONDS" -gt 300 ] && { echo "guest: containerd did not start"; tail -5 /run/containerd.log; exit 1; }
+    sleep 1
+done
+start_dockerd() { dockerd --containerd /run/containerd/containerd.sock >>/run/dockerd.log 2>&1 & DOCKERD=$!; }
+start_dockerd
 echo "guest: waiting for dockerd"
 until timeout 20 docker info >/dev/null 2>&1; do
-    if [ "$SECONDS" -gt 400 ]; then
-        echo "guest: dockerd did not answer in 400 s:"; tail -20 /run/dockerd.log; exit 1
+    if [ "$SECONDS" -gt 600 ]; then
+        echo "guest: dockerd did not answer in 600 s:"; tail -20 /run/dockerd.log; exit 1
     fi
+    kill -0 "$DOCKERD" 2>/dev/null || { echo "guest: dockerd exited; again"; start_dockerd; }
     sleep 2
 done
 echo "guest: dockerd up after $SECONDS s"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -155,8 +156,9 @@ def boot_and_test(series: str, pytest_args: list[str], log) -> KernelResult:
            "--rwdir", str(results), "--cwd", str(REPO), "--verbose", "--", command]
     # QEMU opens its console outputs with O_TRUNC: stream through a pipe.
     env = {**os.environ, "PATH": f"{VNG.parent}:{os.environ['PATH']}"}
+    # Its own process group: vng runs QEMU as a child, and both must go.
     proc = subprocess.Popen(vng, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     kernel_log: collections.deque[str] = collections.deque(maxlen=80)
     try:
         for line in proc.stdout:
@@ -167,13 +169,12 @@ def boot_and_test(series: str, pytest_args: list[str], log) -> KernelResult:
             else:
                 log(f"[{series}] {line.rstrip()}")
             if time.monotonic() - started > KERNEL_TIMEOUT:
-                proc.kill()
                 break
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)   # QEMU included, whatever happened
+        proc.wait()
     junit = results / "junit.xml"
     if junit.exists():
         result = read_junit(junit, release)

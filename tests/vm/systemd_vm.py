@@ -72,6 +72,19 @@ def _run(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
+def remove_tree(path: Path) -> None:
+    """rmtree, after unmounting what a killed mmdebstrap left mounted below
+    path (its /proc, /sys, /dev/pts): never delete through a mount point."""
+    below = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+             if line.split()[4].startswith(f"{path}/")]
+    for mountpoint in sorted(below, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mountpoint], check=False)
+    if any(line.split()[4].startswith(f"{path}/")
+           for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+        raise MatrixError(f"cannot unmount what is mounted under {path}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def image_key() -> str:
     """Changes when what goes into the image does."""
     return hashlib.sha256("\n".join([*PACKAGES, GUEST_UNIT]).encode()).hexdigest()[:12]
@@ -83,7 +96,7 @@ def build_image(log) -> tuple[Path, Path, Path]:
     disk = root / "disk.raw"
     if (root / "ready").exists():
         return disk, next(root.glob("vmlinuz-*")), next(root.glob("initrd.img-*"))
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)
     root.mkdir(parents=True)
     tree = root / "tree"
     log(f"building the Debian 12 image in {root} (mmdebstrap, a few minutes)")
@@ -108,7 +121,7 @@ def build_image(log) -> tuple[Path, Path, Path]:
     except subprocess.CalledProcessError as exc:
         raise MatrixError(f"cannot build the image: {' '.join(exc.cmd[:2])}: "
                           f"{(exc.stderr or '').strip()[-300:]}") from None
-    shutil.rmtree(tree)
+    remove_tree(tree)
     (root / "ready").touch()
     return disk, kernel, initrd
 
