@@ -21,6 +21,17 @@ def scaled(seconds: float) -> float:
     return seconds * TIME_SCALE
 
 
+def wait_until(predicate, what: str, timeout: float = 20.0, interval: float = 0.25):
+    """predicate()'s first true result, polled for `timeout` (scaled) seconds."""
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting: {what}")
+
+
 def ip_json(*args: str, pid: int | None = None) -> list[dict]:
     prefix = ["nsenter", "-t", str(pid), "-n"] if pid else []
     out = subprocess.run([*prefix, "ip", "-j", *args], check=True, capture_output=True, text=True)

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     link_by_index,
     scaled,
     tc_state,
+    wait_until,
 )
 from tests.integration.prometheus import (
     PrometheusServer,
@@ -117,15 +118,6 @@ def daemon(testbed):
         assert code == 0, err
         assert "detached all hooks" in err
 
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + scaled(timeout)
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting: {what}")
 
 
 def send_udp(src_pid: int, dst: str, port: int, count: int, payload: int) -> None:

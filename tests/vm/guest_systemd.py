@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -25,6 +24,7 @@ from tests.integration.helpers import (
     expected_attachments,
     hook_mechanisms,
     tc_state,
+    wait_until,
 )
 from tracer.testbed import Testbed, check_route
 
@@ -40,14 +40,11 @@ def main_pid() -> int:
     return int(systemctl("show", "-p", "MainPID", "--value", "cntrace") or 0)
 
 
-def wait_until(predicate, what: str, timeout: float = START_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting: {what}; {systemctl('status', 'cntrace')}")
+def wait_for(predicate, what: str, timeout: float = START_TIMEOUT):
+    try:
+        return wait_until(predicate, what, timeout, interval=1)   # each check is a scrape
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {systemctl('status', 'cntrace')}") from None
 
 
 def healthy() -> bool:
@@ -86,17 +83,17 @@ def testbed():
 
 
 def test_service_serves_container_series_after_traffic(testbed):
-    wait_until(lambda: systemctl("is-active", "cntrace") == "active" and healthy(),
+    wait_for(lambda: systemctl("is-active", "cntrace") == "active" and healthy(),
                "cntrace active and healthy")
     a, b = testbed.containers["a"], testbed.containers["b"]
-    wait_until(lambda: fully_attached(main_pid()), "every hook attached on every veth")
+    wait_for(lambda: fully_attached(main_pid()), "every hook attached on every veth")
     check_route(b.ip, [b.bridge])
     before = scrape()
     subprocess.run(["docker", "exec", a.name, "ping", "-c", "5", "-i", "0.2", b.ip],
                    check=True, capture_output=True)
     key = ("cntrace_container_packets_total",
            frozenset({"container": a.name, "direction": "tx"}.items()))
-    wait_until(lambda: scrape().get(key, 0) - before.get(key, 0) >= 5, "a's 5 pings counted",
+    wait_for(lambda: scrape().get(key, 0) - before.get(key, 0) >= 5, "a's 5 pings counted",
                timeout=60)
 
 
@@ -130,9 +127,9 @@ def test_sigkill_is_restarted_by_systemd_and_attaches_cleanly(testbed):
     killed = main_pid()
     held = bpf_held(killed)
     subprocess.run(["systemctl", "kill", "-s", "KILL", "cntrace"], check=True)
-    wait_until(lambda: main_pid() not in (0, killed) and healthy(), "systemd restarted it")
-    wait_until(lambda: fully_attached(main_pid()), "attached again, no leftovers")
-    wait_until(lambda: bpf_gone(held), "nothing of the killed daemon's is left", timeout=60)
+    wait_for(lambda: main_pid() not in (0, killed) and healthy(), "systemd restarted it")
+    wait_for(lambda: fully_attached(main_pid()), "attached again, no leftovers")
+    wait_for(lambda: bpf_gone(held), "nothing of the killed daemon's is left", timeout=60)
 
 
 def test_systemctl_stop_leaves_no_program_link_or_filter(testbed):
