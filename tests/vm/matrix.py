@@ -120,6 +120,7 @@ class KernelResult:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)   # per test, from JUnit
     seconds: float = 0.0
     error: str = ""
     exit_code: int = 0        # the guest command's (vng passes it on)
@@ -133,6 +134,7 @@ def read_junit(path: Path, kernel: str) -> KernelResult:
     result = KernelResult(kernel)
     for case in ElementTree.parse(path).iter("testcase"):
         name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        result.durations[name] = float(case.get("time") or 0)
         if case.find("failure") is not None or case.find("error") is not None:
             result.failed.append(name)
         elif case.find("skipped") is not None:
@@ -254,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command:
         return results[0].exit_code
     if args.native_junit and args.native_junit.exists():
+        # The host's row: the same tests, from the native run of the whole suite.
         native = read_junit(args.native_junit, os.uname().release)
-        native.passed = [n for n in native.passed if n in _kernel_tests(results)] or native.passed
+        kernel_tests = _kernel_tests(results)
+        native.passed = [n for n in native.passed if n in kernel_tests]
+        native.failed = [n for n in native.failed if n in kernel_tests]
+        native.seconds = sum(native.durations.get(n, 0) for n in native.passed + native.failed)
         results.insert(0, native)
     print("\nkernel matrix (pytest -m kernel on each kernel):")
     print(table(results))

@@ -1,0 +1,51 @@
+"""The kernel matrix's reading of a guest's JUnit file and its table."""
+
+from __future__ import annotations
+
+import json
+
+from tests.vm.matrix import read_junit, table
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="3">
+ <testcase classname="tests.integration.test_daemon_live" name="test_exact" time="61.5">
+  <properties><property name="daemon_hooks" value='{daemon}'/></properties>
+ </testcase>
+ <testcase classname="tests.integration.test_events_live" name="test_hops" time="70">
+  <properties><property name="events_hooks" value="13/13 (fentry, fexit, raw_tracepoint)"/>
+  </properties>
+ </testcase>
+ <testcase classname="tests.integration.test_ping_live" name="test_drop" time="40">
+  <failure message="boom">AssertionError</failure>
+ </testcase>
+ <testcase classname="tests.integration.test_ping_live" name="test_long" time="0">
+  <skipped message="long form"/>
+ </testcase>
+</testsuite></testsuites>
+"""
+DAEMON = {"tc:container-veths": "cls_bpf", "netfilter:ipv4:PREROUTING": "fexit",
+          "netfilter:ipv4:POSTROUTING": "fexit", "raw_tracepoint:kfree_skb": "raw_tracepoint"}
+
+
+def test_junit_gives_results_mechanisms_and_durations(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT.replace("{daemon}", json.dumps(DAEMON)))
+    result = read_junit(path, "6.1.0-57-amd64")
+    assert result.passed == ["test_daemon_live::test_exact", "test_events_live::test_hops"]
+    assert result.failed == ["test_ping_live::test_drop"]
+    assert result.skipped == ["test_ping_live::test_long"]
+    assert result.durations["test_events_live::test_hops"] == 70
+    assert not result.ok
+    result.seconds = 600
+    row = table([result]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["6.1.0-57-amd64", "13/13 (fentry, fexit, raw_tracepoint)", "fexit",
+                     "cls_bpf", "2 passed, 1 failed", "10.0 min"]
+
+
+def test_a_vm_without_results_says_so(tmp_path):
+    from tests.vm.matrix import KernelResult
+
+    result = KernelResult("6.12.117+deb12-amd64", error="the VM produced no test results")
+    assert not result.ok
+    assert "the VM produced no test results" in table([result])
