@@ -246,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         check_host()
         for s in series:   # fetch before booting: a missing kernel fails fast
             prepare(newest_release(s))
-        # One at a time.  Seen twice with two virtme-ng guests at once: the
-        # second's dockerd never answered (a plain QEMU guest beside one is
-        # fine: deploy/setup.sh runs the systemd VM alongside).
+        # One at a time.  Seen twice with two virtme-ng guests at once: one
+        # guest's dockerd never answered (likely its containerd timeout under
+        # load, which tests/vm/guest.sh now avoids; not retried in parallel).
+        # A plain QEMU guest beside one is fine: deploy/setup.sh runs the
+        # systemd VM alongside.
         results = [boot_and_test(s, pytest_args, log) for s in series]
     except (MatrixError, subprocess.CalledProcessError, OSError) as exc:
         print(f"kernel matrix: cannot run the VMs: {exc}", file=sys.stderr)
