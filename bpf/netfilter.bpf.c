@@ -22,15 +22,20 @@
 #define NF_ACCEPT 1
 #define NFPROTO_IPV4 2
 #define NFPROTO_IPV6 10
+#define NF_INET_PRE_ROUTING 0
+#define NF_INET_LOCAL_IN 1
 #define NF_INET_FORWARD 2
+#define NF_INET_LOCAL_OUT 3
+#define NF_INET_POST_ROUTING 4
+#define HOOK_BIT(hook) (1 << (hook))
 
 static __always_inline u8 nf_hook_to_event_hook(u8 hook)
 {
     switch (hook) {
-    case 0: return HOOK_NF_PRE;
-    case 1: return HOOK_NF_IN;
+    case NF_INET_PRE_ROUTING: return HOOK_NF_PRE;
+    case NF_INET_LOCAL_IN: return HOOK_NF_IN;
     case NF_INET_FORWARD: return HOOK_NF_FWD;
-    case 3: return HOOK_NF_OUT;
+    case NF_INET_LOCAL_OUT: return HOOK_NF_OUT;
     default: return HOOK_NF_POST;
     }
 }
@@ -63,35 +68,43 @@ int cntrace_netfilter(void *ctx)
 
 #ifdef NAT_VIA_NF_HOOK_SLOW
 /* The hook number when this nf_hook_slow() call is one cntrace follows:
- * IPv4/IPv6 in the tracer's netns (TRACER_NETNS, the inode), else -1. */
-static __always_inline int followed_hook(u64 state)
+ * IPv4/IPv6 in the tracer's netns (TRACER_NETNS, the inode), else -1.  It
+ * runs for every hook of every family in every netns, so the cheap checks
+ * (the hook the caller wants, the family) come before the netns reads. */
+static __always_inline int followed_hook(u64 state, u32 wanted_hooks)
 {
     u8 hook = 0, pf = 0;
     u64 net = 0;
     u32 inum = 0;
+    READ_KERNEL(hook, state, OFF_NFSTATE_HOOK);
+    if (hook > NF_INET_POST_ROUTING || !(wanted_hooks & HOOK_BIT(hook)))
+        return -1;
     READ_KERNEL(pf, state, OFF_NFSTATE_PF);
     if (pf != NFPROTO_IPV4 && pf != NFPROTO_IPV6)
         return -1;
     READ_KERNEL(net, state, OFF_NFSTATE_NET);
     READ_KERNEL(inum, net, OFF_NET_INUM);
-    if (inum != TRACER_NETNS)
-        return -1;
-    READ_KERNEL(hook, state, OFF_NFSTATE_HOOK);
-    return hook;
+    return inum == TRACER_NETNS ? hook : -1;
 }
 
 /* fexit: int nf_hook_slow(struct sk_buff *skb, struct nf_hook_state *state,
  *                         const struct nf_hook_entries *e, unsigned int s)
- * Only a return of 1 (every hook accepted) leaves the skb alive to read. */
+ * Only a return of 1 (every hook accepted) leaves the skb alive to read.
+ * The daemon counts NAT at PRE, OUT and POST only; FORWARD is fentry's. */
+#define NAT_HOOKS (HOOK_BIT(NF_INET_PRE_ROUTING) | HOOK_BIT(NF_INET_LOCAL_OUT) | \
+                   HOOK_BIT(NF_INET_POST_ROUTING))
+#ifdef COUNT_METRICS
+#define FEXIT_HOOKS NAT_HOOKS
+#else
+#define FEXIT_HOOKS (NAT_HOOKS | HOOK_BIT(NF_INET_LOCAL_IN))
+#endif
 int kretfunc__nf_hook_slow(u64 *ctx)
 {
-    int hook = followed_hook(ctx[1]);
-    if ((int)ctx[4] != 1 || hook < 0 || hook == NF_INET_FORWARD)
+    if ((int)ctx[4] != 1)
         return 0;
-#ifdef COUNT_METRICS
-    if (hook == 1)   /* LOCAL_IN: no NAT the daemon counts */
+    int hook = followed_hook(ctx[1], FEXIT_HOOKS);
+    if (hook < 0)
         return 0;
-#endif
     return on_netfilter_hook(ctx, ctx[0], ctx[1], hook);
 }
 
@@ -99,7 +112,7 @@ int kretfunc__nf_hook_slow(u64 *ctx)
 /* fentry: FORWARD before the filter table decides (the daemon has no use). */
 int kfunc__nf_hook_slow(u64 *ctx)
 {
-    if (followed_hook(ctx[1]) != NF_INET_FORWARD)
+    if (followed_hook(ctx[1], HOOK_BIT(NF_INET_FORWARD)) < 0)
         return 0;
     return on_netfilter_hook(ctx, ctx[0], ctx[1], NF_INET_FORWARD);
 }
