@@ -146,10 +146,9 @@ def read_junit(path: Path, kernel: str) -> KernelResult:
     return result
 
 
-def boot_and_test(series: str, pytest_args: list[str], log) -> KernelResult:
+def boot_and_test(series: str, release: str, vmlinuz: Path, pytest_args: list[str],
+                  log) -> KernelResult:
     started = time.monotonic()
-    release = newest_release(series)
-    vmlinuz = prepare(release)
     results = Path(tempfile.mkdtemp(prefix=f"cntrace-vm-{series}-"))
     command = (f"CNTRACE_TEST_TIME_SCALE={TIME_SCALE} tests/vm/guest.sh {results} "
                + " ".join(pytest_args))
@@ -244,14 +243,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_host()
-        for s in series:   # fetch before booting: a missing kernel fails fast
-            prepare(newest_release(s))
+        # Every kernel fetched before the first boots: a missing one fails fast.
+        kernels = {s: newest_release(s) for s in series}
+        images = {s: prepare(release) for s, release in kernels.items()}
         # One at a time.  Seen twice with two virtme-ng guests at once: one
         # guest's dockerd never answered (likely its containerd timeout under
         # load, which tests/vm/guest.sh now avoids; not retried in parallel).
         # A plain QEMU guest beside one is fine: deploy/setup.sh runs the
         # systemd VM alongside.
-        results = [boot_and_test(s, pytest_args, log) for s in series]
+        results = [boot_and_test(s, kernels[s], images[s], pytest_args, log) for s in series]
     except (MatrixError, subprocess.CalledProcessError, OSError) as exc:
         print(f"kernel matrix: cannot run the VMs: {exc}", file=sys.stderr)
         return 2
