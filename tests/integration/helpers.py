@@ -46,6 +46,14 @@ def link_by_index(ifindex: int) -> dict:
     return next(li for li in ip_json("link", "show") if li["ifindex"] == ifindex)
 
 
+def hops_of(container) -> dict:
+    """The container's eth0 and its host-side veth, as netlink reports them."""
+    eth0 = link("eth0", pid=container.pid)
+    peer = link_by_index(eth0["link_index"])
+    return {"netns": netns_inode(container.pid), "eth0": eth0["ifindex"],
+            "veth": peer["ifindex"], "veth_name": peer["ifname"], "bridge": peer["master"]}
+
+
 def netns_inode(pid: int | str = "self") -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 

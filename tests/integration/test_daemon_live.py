@@ -22,8 +22,7 @@ from tests.integration.helpers import (
     bpf_held,
     expected_attachments,
     hook_mechanisms,
-    link,
-    link_by_index,
+    hops_of,
     scaled,
     tc_state,
     wait_until,
@@ -202,7 +201,7 @@ def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_cli
     """The counting path of kernels without tcx (Debian 12's 6.1), here with
     tcx turned off: exact counts, and another tool's clsact qdisc and filter
     on a container veth are left as they were when cntrace stops."""
-    b_veth = hops_of_veth(testbed.containers["b"])
+    b_veth = hops_of(testbed.containers["b"])["veth_name"]
     subprocess.run(["tc", "qdisc", "add", "dev", b_veth, "clsact"], check=True)
     # Another tool's match-all filter, after ours (a verdict first would hide packets).
     foreign = ["tc", "filter", "add", "dev", b_veth, "egress", "prio", "50000", "protocol",
@@ -227,12 +226,6 @@ def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_cli
         assert "u32" in shown and "pref 50000" in shown, shown
     finally:
         subprocess.run(["tc", "qdisc", "del", "dev", b_veth, "clsact"], check=False)
-
-
-def hops_of_veth(container) -> str:
-    """The host-side veth of a testbed container, from `ip -j` (its peer ifindex)."""
-    peer = link("eth0", pid=container.pid)["link_index"]
-    return link_by_index(peer)["ifname"]
 
 
 @pytest.mark.kernel

@@ -8,18 +8,10 @@ import re
 
 import pytest
 
-from tests.integration.helpers import link, link_by_index, netns_inode, run_events
+from tests.integration.helpers import hops_of, link, netns_inode, run_events
 from tracer.testbed import ping
 
 pytestmark = pytest.mark.integration
-
-
-def hops_of(container) -> dict:
-    """The container's eth0 and its host-side veth, as netlink reports them."""
-    eth0 = link("eth0", pid=container.pid)
-    peer = link_by_index(eth0["link_index"])
-    return {"netns": netns_inode(container.pid), "eth0": eth0["ifindex"],
-            "veth": peer["ifindex"], "veth_name": peer["ifname"], "bridge": peer["master"]}
 
 
 def find(events, **want):
