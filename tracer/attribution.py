@@ -34,13 +34,14 @@ class Attributor:
         symbolize: Callable[[int], str] | None = None,
         refresh_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        topology: Topology | None = None,
     ) -> None:
         self._discover = discover
         self._drop_reasons = drop_reasons or {}
         self._symbolize = symbolize
         self._refresh_interval = refresh_interval
         self._clock = clock
-        self.topology = discover()
+        self.topology = topology or discover()   # a caller's fresh one saves a discovery
         self._refreshed_at = clock()
         self.unknown_devices = 0
 

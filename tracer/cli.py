@@ -26,6 +26,8 @@ EPILOG_PING = """examples:
   trace-ping web 198.51.100.2       to an outside address, through MASQUERADE
   trace-ping web db --tcp 5432      a TCP connect to db's port 5432
   trace-ping netns:wan 198.51.100.1:8080   to a published port (DNAT)
+  trace-ping web 198.51.100.2 --size 1500  does a 1500-byte packet fit (DF set)?
+  trace-ping web --dns db           resolve db as web does, and trace the query
 exit codes: 0 reachable, 1 not reachable (diagnosed), 2 bad input, 3-5 environment
 """
 
@@ -94,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_DAEMON,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from tracer import daemon as daemon_module
+    from tracer import settings
 
-    daemon_module.add_arguments(daemon)
+    settings.add_arguments(daemon)
 
     ping = sub.add_parser(
         "ping",
@@ -106,14 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ping.add_argument("source", metavar="SRC", help="container (name or ID prefix), 'host', "
                       "or netns:NAME")
-    ping.add_argument("destination", metavar="DST",
-                      help="container, IP address, or ADDRESS:PORT (TCP)")
+    ping.add_argument("destination", metavar="DST", nargs="?",
+                      help="container, IP address, or ADDRESS:PORT (TCP); with --dns, the "
+                      "DNS server to ask instead of SRC's own")
     ping.add_argument("-c", "--count", type=int, default=1, help="probes to send (default 1)")
     ping.add_argument("-t", "--timeout", type=float, default=1.0,
                       help="seconds to wait for each answer (default 1)")
     proto = ping.add_mutually_exclusive_group()
     proto.add_argument("--tcp", metavar="PORT", help="TCP connect to PORT instead of ICMP echo")
     proto.add_argument("--udp", metavar="PORT", help="a UDP datagram to PORT")
+    ping.add_argument("-s", "--size", type=int, metavar="BYTES",
+                      help="probe of BYTES (the whole IP packet) with DF set: finds the "
+                      "path MTU")
+    ping.add_argument("--dns", metavar="NAME", help="resolve NAME the way SRC does (its "
+                      "/etc/resolv.conf) and trace the query and its answer")
+    ping.add_argument("-v", "--verbose", action="store_true",
+                      help="keep events that do not decide the probe's fate, labelled")
+    ping.add_argument("--picture", action=argparse.BooleanOptionalAction, default=None,
+                      help="draw the path as boxes (default: on a terminal)")
     ping.add_argument("--json", action="store_true", help="the same facts as JSON")
 
     testbed = sub.add_parser(
@@ -174,7 +186,8 @@ def _run_ping(args: argparse.Namespace) -> int:
     return ping.run(ping.Request(
         source=args.source, destination=args.destination, count=args.count,
         timeout=args.timeout, tcp=args.tcp, udp=args.udp, as_json=args.json,
-        btf_path=args.kernel_btf,
+        btf_path=args.kernel_btf, size=args.size, dns=args.dns, verbose=args.verbose,
+        picture=args.picture,
     ))
 
 

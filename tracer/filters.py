@@ -7,10 +7,13 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tracer import wire
 from tracer.errors import UsageError
-from tracer.topology import Topology
+
+if TYPE_CHECKING:
+    from tracer.topology import Topology
 
 
 @dataclass(frozen=True)

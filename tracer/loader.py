@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,16 +218,30 @@ def choose_nat(kernel: KernelInfo) -> NatChoice:
                          f"{probe.detail}")
 
 
-def load(
+# bcc's embedded clang/LLVM is not safe to run twice at once in one process.
+_COMPILING = threading.Lock()
+
+
+@dataclass
+class Compiled:
+    """BPF programs compiled and loaded into the kernel, not yet attached
+    (except fentry/fexit, which bcc attaches as it loads them)."""
+
+    bpf: object
+    nat: NatChoice
+    netfilter: bool
+    daemon: bool
+
+
+def compile_programs(
     kernel: KernelInfo,
     ringbuf_pages: int = 256,
-    tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
     netfilter: bool = True,
     flow_table_size: int | None = None,
-) -> Tracer:
-    """Compile, load and attach; KernelFeatureError if nothing can attach.
-    With flow_table_size, the daemon's counters (bpf/accounting.h) are
-    compiled in too."""
+) -> Compiled:
+    """The slow half of load() (clang: ~0.6 s of a core), safe to run in a
+    thread while the caller discovers the topology.  With flow_table_size,
+    the daemon's counters (bpf/accounting.h) are compiled in too."""
     check_privileges()
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
@@ -237,22 +252,32 @@ def load(
                    f"-DMAX_CONTAINERS={MAX_CONTAINERS}"]
     try:
         # bcc attaches kfunc__/kretfunc__ functions (FENTRY) as it loads them.
-        bpf = BPF(text=program_source(), cflags=cflags)
+        with _COMPILING:
+            bpf = BPF(text=program_source(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile/load failure
         raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
-    tracer = Tracer(bpf, kernel.layout, kernel.drop_reasons)
-    daemon = flow_table_size is not None
-    if daemon:   # traffic is counted by tcx on container veths, not device tracepoints
+    return Compiled(bpf, nat, netfilter, flow_table_size is not None)
+
+
+def attach(
+    kernel: KernelInfo,
+    compiled: Compiled,
+    tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
+) -> Tracer:
+    """Attach what compile_programs() loaded; KernelFeatureError if nothing
+    can attach."""
+    tracer = Tracer(compiled.bpf, kernel.layout, kernel.drop_reasons)
+    if compiled.daemon:   # traffic is counted by tcx on container veths, not device tracepoints
         tracepoints = [name for name in tracepoints if name == "kfree_skb"]
     try:
         for name in tracepoints:
-            tracer.hooks.append(_attach_raw_tracepoint(bpf, name))
-        if daemon:
+            tracer.hooks.append(_attach_raw_tracepoint(compiled.bpf, name))
+        if compiled.daemon:
             tracer.hooks.append(_load_veth_programs(tracer))
-        if netfilter:
+        if compiled.netfilter:
             # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
-            hooks = DAEMON_NETFILTER_HOOKS if daemon else NETFILTER_HOOKS
-            tracer.hooks.extend(_attach_netfilter(tracer, hooks, nat))
+            hooks = DAEMON_NETFILTER_HOOKS if compiled.daemon else NETFILTER_HOOKS
+            tracer.hooks.extend(_attach_netfilter(tracer, hooks, compiled.nat))
     except BaseException:
         tracer.close()
         raise
@@ -261,6 +286,18 @@ def load(
         missing = "; ".join(f"{h.name}: {h.detail}" for h in tracer.hooks)
         raise KernelFeatureError(f"no BPF hook could be attached ({missing})")
     return tracer
+
+
+def load(
+    kernel: KernelInfo,
+    ringbuf_pages: int = 256,
+    tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
+    netfilter: bool = True,
+    flow_table_size: int | None = None,
+) -> Tracer:
+    """Compile, load and attach; KernelFeatureError if nothing can attach."""
+    return attach(kernel, compile_programs(kernel, ringbuf_pages, netfilter, flow_table_size),
+                  tracepoints)
 
 
 def _load_veth_programs(tracer: Tracer) -> HookStatus:

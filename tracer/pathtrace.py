@@ -51,6 +51,7 @@ class ProbeIdentity:
 class Hop:
     item: AttributedEvent
     offset_us: float            # since the probe left the source
+    noise: str | None = None    # why this event does not decide the probe's fate
 
     @property
     def label(self) -> str:
@@ -74,6 +75,7 @@ class Hop:
             "nat": nat_detail(event),
             "drop_reason": self.item.drop_reason,
             "drop_location": self.item.drop_location,
+            **({"noise": self.noise} if self.noise else {}),
         }
 
 
@@ -84,6 +86,7 @@ class PathTrace:
     request_drops: list[Hop] = field(default_factory=list)
     reply_drops: list[Hop] = field(default_factory=list)
     errors: list[Hop] = field(default_factory=list)     # ICMP errors about the probe
+    noise: list[Hop] = field(default_factory=list)      # drops that do not decide its fate
 
     @property
     def last_request_hop(self) -> Hop | None:
@@ -122,6 +125,47 @@ def build(items: list[AttributedEvent], identity: ProbeIdentity, sent_ns: int,
         else:
             (trace.request if direction == "request" else trace.reply).append(hop)
     return trace
+
+
+NOISE_LEFTOVER = ("the kernel's own copy of a reply trace-ping's socket already received "
+                  "(no other socket wanted it)")
+NOISE_OTHERHOST = "a copy flooded by the bridge to a device it was not addressed to"
+NOISE_OFF_PATH = "seen outside the probe's path (neither source, host nor destination)"
+
+
+def separate_noise(trace: PathTrace, path_netns: set[int], source_netns: int | None,
+                   destination_netns: int | None, answered: bool) -> None:
+    """Move the events that do not decide the probe's fate into trace.noise,
+    each labelled with why: a raw socket gets a copy of every ICMP packet
+    and the kernel then frees its own (NO_SOCKET at ping_rcv); a bridge
+    floods a frame whose MAC it has not learnt to every port, where the
+    copies die as OTHERHOST, or are delivered to a container off the path
+    (and ignored there)."""
+    def why(hop: Hop, direction: str) -> str | None:
+        event = hop.item.event
+        if event.netns not in path_netns:
+            return NOISE_OFF_PATH
+        if hop.item.drop_reason == "OTHERHOST" and (event.netns != destination_netns
+                                                    or direction == "reply"):
+            return NOISE_OTHERHOST
+        if (answered and direction == "reply" and event.netns == source_netns
+                and hop.item.drop_reason == "NO_SOCKET"):
+            return NOISE_LEFTOVER
+        return None
+
+    for hops in (trace.request, trace.reply):
+        trace.noise += [Hop(h.item, h.offset_us, NOISE_OFF_PATH) for h in hops
+                        if h.item.event.netns not in path_netns]
+        hops[:] = [h for h in hops if h.item.event.netns in path_netns]
+    for direction, drops in (("request", trace.request_drops), ("reply", trace.reply_drops)):
+        kept = []
+        for hop in drops:
+            label = why(hop, direction)
+            if label:
+                trace.noise.append(Hop(hop.item, hop.offset_us, label))
+            else:
+                kept.append(hop)
+        drops[:] = kept
 
 
 def chain(hops: list[Hop]) -> list[str]:

@@ -10,10 +10,21 @@ import os
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from tracer import diagnosis, filters, loader, pathtrace, probe, rules, topology
+from tracer import (
+    diagnosis,
+    filters,
+    loader,
+    nftrace,
+    pathstate,
+    pathtrace,
+    probe,
+    rules,
+    topology,
+)
 from tracer.attribution import Attributor
 from tracer.errors import DockerUnavailableError, UsageError
 from tracer.output import HOOK_COLUMN, packet_summary
@@ -22,18 +33,23 @@ from tracer.topology import Container, Topology
 EXIT_REACHABLE = 0
 EXIT_UNREACHABLE = 1
 SETTLE_S = 0.05          # late events (a drop after the last hop) still arrive
+MIN_SIZE, MAX_SIZE = 64, 65_507   # --size: the whole IP packet; 64 leaves room for our mark
 
 
 @dataclass(frozen=True)
 class Request:
     source: str
-    destination: str
+    destination: str | None
     count: int = 1
     timeout: float = 1.0
     tcp: int | None = None
     udp: int | None = None
     as_json: bool = False
     btf_path: str = loader.DEFAULT_BTF
+    size: int | None = None          # bytes of the whole IP packet, DF set
+    dns: str | None = None           # a name to resolve the way the source does
+    verbose: bool = False            # keep the noise (labelled) in the text
+    picture: bool | None = None      # None: draw it when printing to a terminal
 
 
 @dataclass(frozen=True)
@@ -142,9 +158,22 @@ class Result:
     hints: list[diagnosis.Hint]
     rule_hits: list[rules.RuleHit]
     lost_events: int
+    state: pathstate.PathState | None = None     # read only when it did not get through
+    nft_verdicts: list[nftrace.RuleVerdict] = field(default_factory=list)
+    nft_detail: str = ""                          # why nftables tracing was not available
+    dns_name: str | None = None
+    size: int | None = None
+
+    @property
+    def dns_answer(self):
+        return next((o.answer for o in self.outcomes if o.answer is not None), None)
 
     @property
     def reachable(self) -> bool:
+        if self.dns_name is not None:      # answered is not enough: the name must resolve
+            answer = self.dns_answer
+            return answer is not None and answer.rcode_name == "NOERROR" and \
+                bool(answer.addresses)
         if any(o.rtt_ns is not None for o in self.outcomes):
             return True
         # UDP has no obligatory answer: delivered into the destination is success.
@@ -173,67 +202,160 @@ class Result:
             },
             "nat": self.trace.nat(),
             "drops": [h.to_dict() for h in self.trace.request_drops + self.trace.reply_drops],
+            "noise": [h.to_dict() for h in self.trace.noise],
             "icmp_errors": [h.to_dict() for h in self.trace.errors],
             "socket_errors": sorted({o.error for o in self.outcomes if o.error}),
-            "firewall_rules": [rules.describe(h) for h in self.rule_hits if h.drops],
+            "firewall_rules": [rules.describe(h) for h in self.rule_hits if h.drops]
+            + [v.describe() for v in self.nft_verdicts if v.drops],
+            "nft_trace": self.nft_detail or "on",
+            "size": self.size,
+            "dns": self._dns_dict(),
+            "state": self.state.to_dict() if self.state else None,
             "hints": [h.to_dict() for h in self.hints],
             "lost_events": self.lost_events,
         }
 
+    def _dns_dict(self) -> dict | None:
+        if self.dns_name is None:
+            return None
+        answer = self.dns_answer
+        return {"name": self.dns_name, "server": self.destination.address,
+                "rcode": answer.rcode_name if answer else None,
+                "addresses": list(answer.addresses) if answer else []}
 
-def run(req: Request, out: TextIO = sys.stdout) -> int:
+
+def _check(req: Request) -> None:
+    """Bad input is exit 2 whoever runs it, before anything is asked of the host."""
     if req.count < 1 or req.count > 100:
         raise UsageError(f"--count {req.count}: expected 1-100")
     if not 0 < req.timeout <= 60:
         raise UsageError(f"--timeout {req.timeout}: expected 0-60 seconds")
     if req.tcp is not None and req.udp is not None:
         raise UsageError("--tcp and --udp exclude each other")
-    for port in (req.tcp, req.udp):   # bad input is exit 2 whoever runs it
+    for port in (req.tcp, req.udp):
         if port is not None:
             filters.parse_port(port)
-    split_destination(req.destination)
+    if req.size is not None:
+        if not MIN_SIZE <= req.size <= MAX_SIZE:
+            raise UsageError(f"--size {req.size}: expected {MIN_SIZE}-{MAX_SIZE} bytes")
+        if req.tcp is not None or req.dns:
+            raise UsageError("--size applies to ICMP and UDP probes")
+    if req.dns is not None:
+        from tracer import dns
+
+        if req.tcp is not None or req.udp is not None:
+            raise UsageError("--dns sends its own UDP query: drop --tcp/--udp")
+        try:
+            dns.build_query(req.dns, 0)
+        except ValueError as exc:
+            raise UsageError(f"--dns: {exc}") from None
+    elif not req.destination:
+        raise UsageError("a destination is needed (or --dns NAME)")
+    if req.destination:
+        split_destination(req.destination)
+
+
+def run(req: Request, out: TextIO = sys.stdout) -> int:
+    _check(req)
     loader.check_privileges()
     kernel = loader.read_kernel(req.btf_path)
-    client = topology.docker_client()
-    topo = topology.discover(client)
-    src = resolve_source(req.source, topo, client)
-    dst, port = resolve_destination(req.destination, src, topo, client) \
-        if isinstance(src, Source) else (None, None)
-    for stopped in (src, dst):
-        if isinstance(stopped, str):
-            _print_unstarted(req, stopped, out)
-            return EXIT_UNREACHABLE
-    proto, port = _protocol(req, port)
-    sock = _open_probe(src, dst, proto, port)
+    # clang takes most of a trace-ping's time: compile while Docker is asked.
+    # The counters before the probe are read meanwhile (iptables-save: I/O).
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cntrace-prepare")
+    compiling = pool.submit(loader.compile_programs, kernel, 64)
+    counting = pool.submit(rules.snapshot)
+    pool.shutdown(wait=False)
     try:
+        client = topology.docker_client()
+        topo = topology.discover(client)
+        src = resolve_source(req.source, topo, client)
+        dst, port = _destination(req, src, topo, client)
+        for stopped in (src, dst):
+            if isinstance(stopped, str):
+                _print_unstarted(req, stopped, out)
+                return EXIT_UNREACHABLE
+        proto, port = ("udp", 53) if req.dns else _protocol(req, port)
+        sock = _open_probe(src, dst, proto, port, req)
+    except BaseException:
+        compiling.add_done_callback(_discard)
+        raise
+    try:
+        compiled, before = compiling.result(), counting.result()
         identity = pathtrace.ProbeIdentity(
             {"icmp": 58 if ":" in dst.address else 1, "tcp": 6, "udp": 17}[proto],
             sock.ident if proto == "icmp" else sock.sport)
         spec = filters.FilterSpec(proto="icmp6" if identity.proto == 58 else proto,
                                   icmp_id=identity.ident if proto == "icmp" else None,
                                   port=None if proto == "icmp" else identity.ident)
-        tracer = loader.load(kernel, ringbuf_pages=64)
+        tracer = loader.attach(kernel, compiled)
         try:
             filters.install(filters.resolve(spec, topo), tracer)
             reader = _reader(tracer)
-            before = rules.snapshot()
-            events = _send_and_collect(sock, reader, req)
-            after = rules.snapshot()
+            match = nftrace.ProbeMatch(6 if ":" in dst.address else 4, proto, identity.ident)
+            with nftrace.NftTrace(match) as nft:
+                events = _send_and_collect(sock, reader, req)
+                answered = any(o.rtt_ns for o in sock.outcomes.values())
+                # Counters and the nft trace only matter when it did not get through.
+                after = {} if answered and not req.dns else rules.snapshot()
+                verdicts = nft.stop()
             lost = reader.kernel_stats()["lost"]
+            # Drop locations are symbolized later, for the drops that are shown:
+            # reading kallsyms costs 0.1 s.
             attributor = Attributor(lambda: topology.discover(client), tracer.drop_reasons,
-                                    tracer.symbolize)
+                                    topology=topo)
             items = [attributor.attribute(e) for e in events]
         finally:
             tracer.close()
     finally:
         sock.close()
-    result = _result(src, dst, proto, port, identity, sock, items, rules.diff(before, after),
-                     lost, topo)
+    result = _result(src, dst, proto, port, identity, sock, items,
+                     rules.diff(before, after) if after else [], lost, topo, req)
+    _locate_drops(result.trace, tracer.symbolize, req.verbose or req.as_json)
+    result.nft_verdicts, result.nft_detail = verdicts, nft.why_not
+    if not result.reachable:
+        result.state = _path_state(result, topo, after)
+        result.hints = diagnosis.diagnose(result.trace, result.rule_hits,
+                                          _context(result, topo), state=result.state)
     if req.as_json:
         print(json.dumps(result.to_dict(), indent=2), file=out)
     else:
-        print(render(result, color=out.isatty()), file=out)
+        draw = out.isatty() if req.picture is None else req.picture
+        print(render(result, color=out.isatty(), verbose=req.verbose, picture=draw), file=out)
     return EXIT_REACHABLE if result.reachable else EXIT_UNREACHABLE
+
+
+def _discard(future) -> None:
+    """A compile nobody will attach: free its programs as soon as it ends."""
+    if future.exception() is None:
+        future.result().bpf.cleanup()
+
+
+def _destination(req: Request, src: Source | str, topo: Topology, client
+                 ) -> tuple[Destination | str | None, int | None]:
+    if isinstance(src, str):
+        return None, None
+    if req.dns and not req.destination:
+        return _resolver_of(src), 53
+    return resolve_destination(req.destination, src, topo, client)
+
+
+def _resolver_of(src: Source) -> Destination:
+    """The first nameserver of the source's own /etc/resolv.conf."""
+    from tracer import dns
+
+    root = f"/proc/{src.container.pid}/root" if src.container else ""
+    path = f"{root}/etc/resolv.conf"
+    try:
+        conf = dns.read_resolv_conf(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {src.label}'s /etc/resolv.conf: "
+                         f"{exc.strerror or exc}") from None
+    if not conf.nameservers:
+        raise UsageError(f"{src.label}'s /etc/resolv.conf names no nameserver")
+    server = conf.nameservers[0]
+    label = (f"{server} (docker's embedded DNS)" if server == dns.DOCKER_EMBEDDED_DNS
+             else server)
+    return Destination(label, server, None)
 
 
 def _reader(tracer):
@@ -250,13 +372,16 @@ def _protocol(req: Request, port: int | None) -> tuple[str, int | None]:
     return ("tcp", port) if port else ("icmp", None)
 
 
-def _open_probe(src: Source, dst: Destination, proto: str, port: int | None) -> probe.Probe:
+def _open_probe(src: Source, dst: Destination, proto: str, port: int | None,
+                req: Request) -> probe.Probe:
     try:
+        if req.dns:
+            return probe.DnsProbe(src.netns_path, dst.address, req.dns)
         if proto == "icmp":
-            return probe.IcmpEchoProbe(src.netns_path, dst.address)
+            return probe.IcmpEchoProbe(src.netns_path, dst.address, req.size)
         if proto == "tcp":
             return probe.TcpConnectProbe(src.netns_path, dst.address, port)
-        return probe.UdpProbe(src.netns_path, dst.address, port)
+        return probe.UdpProbe(src.netns_path, dst.address, port, req.size)
     except OSError as exc:
         raise UsageError(f"cannot open a probe socket in {src.label}: {exc}") from exc
 
@@ -278,15 +403,85 @@ def _send_and_collect(sock: probe.Probe, reader, req: Request) -> list:
     return events
 
 
-def _result(src, dst, proto, port, identity, sock, items, hits, lost, topo) -> Result:
+def _result(src, dst, proto, port, identity, sock, items, hits, lost, topo,
+            req: Request) -> Result:
     outcomes = sorted(sock.outcomes.values(), key=lambda o: o.seq)
     first = next((o for o in outcomes if o.rtt_ns is None), outcomes[0])  # show a failure
     following = next((o.sent_ns for o in outcomes if o.seq == first.seq + 1), None)
     trace = pathtrace.build(items, identity, first.sent_ns, following)
-    ctx = diagnosis.Context(
+    result = Result(src, dst, proto, port, identity, outcomes, trace, [], hits, lost,
+                    dns_name=req.dns, size=req.size)
+    src_netns = src.container.netns if src.container else _netns_inode(src.netns_path)
+    dst_netns = dst.container.netns if dst.container else None
+    path = {topo.host_netns, src_netns} | ({dst_netns} if dst_netns else set())
+    if not dst.container:   # after DNAT the probe may end in a container: its netns is on it
+        path |= {h.item.event.netns for h in trace.request}
+    pathtrace.separate_noise(trace, path, src_netns, dst_netns,
+                             answered=any(o.rtt_ns for o in outcomes))
+    return result
+
+
+def _locate_drops(trace: pathtrace.PathTrace, symbolize, noise_too: bool) -> None:
+    """Name the kernel function behind each drop that will be shown."""
+    def locate(hops: list[pathtrace.Hop]) -> list[pathtrace.Hop]:
+        return [replace(h, item=replace(h.item, drop_location=symbolize(h.item.event.location)))
+                if h.item.event.location else h for h in hops]
+
+    trace.request_drops = locate(trace.request_drops)
+    trace.reply_drops = locate(trace.reply_drops)
+    if noise_too:
+        trace.noise = locate(trace.noise)
+
+
+def _netns_inode(path: str | None) -> int:
+    return os.stat(path or "/proc/self/ns/net").st_ino
+
+
+def _real_destination(result: Result, topo: Topology) -> Container | None:
+    """The container the probe is for: the destination, or where DNAT sent it."""
+    if result.destination.container:
+        return result.destination.container
+    for hop in result.trace.request:
+        ct = hop.item.event.conntrack
+        if ct is not None and (found := topo.container_by_address(ct.reply.src)):
+            return found
+    return None
+
+
+def _path_state(result: Result, topo: Topology, counters) -> pathstate.PathState:
+    src, dst = result.source, result.destination
+    target = _real_destination(result, topo)
+    places: list[tuple[pathstate.Place, str | None]] = [
+        (pathstate.Place(src.label, src.netns_path, src.container.pid if src.container
+                         else None), dst.address)]
+    if src.netns_path is not None:
+        places.append((pathstate.Place(pathstate.HOST, None), dst.address))
+    listen_at = None
+    if target is not None:
+        back = src.container.networks.get(next(iter(set(src.container.networks)
+                                                    & set(target.networks)), ""), None) \
+            if src.container else None
+        listen_at = pathstate.Place(target.name, f"/proc/{target.pid}/ns/net", target.pid)
+        places.append((listen_at, back))
+    if result.dns_name and src.container and dst.address.startswith("127."):
+        listen_at = places[0][0]        # docker's resolver listens inside the source's netns
+    containers = [c for c in (src.container, target) if c is not None]
+    return pathstate.collect(topo, places, containers, listen_at, result.proto, counters)
+
+
+def _context(result: Result, topo: Topology) -> diagnosis.Context:
+    src, dst, trace = result.source, result.destination, result.trace
+    outcomes = result.outcomes
+    target = _real_destination(result, topo)
+    src_nets = tuple(topo.networks[n] for n in (src.container.networks if src.container
+                                                else ()) if n in topo.networks)
+    outside = dst.container is None and target is None and not any(
+        ipaddress.ip_address(dst.address) in ipaddress.ip_network(subnet)
+        for net in topo.networks.values() for subnet in net.subnets)
+    return diagnosis.Context(
         family=6 if ":" in dst.address else 4,
-        proto=identity.proto,
-        port=port,
+        proto=result.identity.proto,
+        port=result.port,
         destination=dst.label,
         src_networks=set(src.container.networks) if src.container else set(),
         dst_networks=set(dst.container.networks) if dst.container else set(),
@@ -297,11 +492,31 @@ def _result(src, dst, proto, port, identity, sock, items, hits, lost, topo) -> R
                            | {(h.item.event.icmp_type, h.item.event.icmp_code)
                               for h in trace.errors}),
         tcp_reset=any(h.item.event.tcp_flags & 0x04 for h in trace.reply),
+        source=src.label,
+        src_address=next(iter(src.container.networks.values()), None) if src.container
+        else None,
+        dst_address=(next(iter(target.networks.values()), None) if target else dst.address),
+        outside=outside,
+        src_docker_networks=src_nets,
+        same_network=bool(dst.container and src.container
+                          and set(src.container.networks) & set(dst.container.networks)),
+        size=result.size,
+        icmp_mtu=next((o.icmp_mtu for o in outcomes if o.icmp_mtu), None),
+        nft_verdicts=result.nft_verdicts,
+        dns=_dns_facts(result),
     )
-    result = Result(src, dst, proto, port, identity, outcomes, trace, [], hits, lost)
-    if not result.reachable:
-        result.hints = diagnosis.diagnose(trace, hits, ctx)
-    return result
+
+
+def _dns_facts(result: Result) -> diagnosis.DnsFacts | None:
+    from tracer import dns
+
+    if result.dns_name is None:
+        return None
+    answer = result.dns_answer
+    return diagnosis.DnsFacts(result.dns_name, result.destination.address,
+                              answer.rcode_name if answer else None,
+                              tuple(answer.addresses) if answer else (),
+                              result.destination.address == dns.DOCKER_EMBEDDED_DNS)
 
 
 def _host_devices(topo: Topology, src: Source, dst: Destination) -> list[str]:
@@ -341,14 +556,23 @@ def _wrap_chain(prefix: str, labels: list[str], width: int = 78) -> list[str]:
     return lines
 
 
-def render(result: Result, color: bool = False) -> str:
+def render(result: Result, color: bool = False, verbose: bool = False,
+           picture: bool = False) -> str:
     red = ("\033[31m", "\033[0m") if color else ("", "")
     dst = result.destination
     what = {"icmp": f"icmp echo id {result.identity.ident}",
             "tcp": f"tcp connect to port {result.port}",
             "udp": f"udp to port {result.port}"}[result.proto]
+    if result.dns_name:
+        what = f"dns query for {result.dns_name} (udp port 53)"
+    if result.size:
+        what += f", {result.size} bytes, DF"
     target = dst.address if dst.label == dst.address else f"{dst.label} ({dst.address})"
     lines = [f"trace-ping {result.source.label} -> {target}: {what}", ""]
+    if picture:
+        from tracer import picture as figure
+
+        lines += [*figure.draw(result), ""]
     trace = result.trace
     request_chain = pathtrace.chain(trace.request)
     if not result.reachable:
@@ -358,20 +582,31 @@ def render(result: Result, color: bool = False) -> str:
     if trace.reply:
         lines += _wrap_chain("  reply    ", pathtrace.chain(trace.reply))
     lines += ["", f"  {'+us':>8}  {'WHERE':<24} {'HOOK':<4} PACKET"]
-    hops = sorted(trace.request + trace.reply + trace.request_drops + trace.reply_drops
-                  + trace.errors, key=lambda h: h.offset_us)
-    for hop in hops:
+    shown = trace.request + trace.reply + trace.request_drops + trace.reply_drops + \
+        trace.errors + (trace.noise if verbose else [])
+    for hop in sorted(shown, key=lambda h: h.offset_us):
         event = hop.item.event
         lines.append(f"  {hop.offset_us:>8.1f}  {hop.label[:24]:<24} "
                      f"{HOOK_COLUMN.get(event.hook, event.hook):<4} {packet_summary(event)}")
-        if event.is_drop:
+        if hop.noise:
+            lines.append(f"  {'':8}  `- noise: {hop.item.drop_reason} at "
+                         f"{hop.item.drop_location}: {hop.noise}")
+        elif event.is_drop:
             lines.append(f"  {'':8}  `- {red[0]}dropped: {hop.item.drop_reason} at "
                          f"{hop.item.drop_location}{red[1]}")
+    if trace.noise and not verbose:
+        lines.append(f"  ({len(trace.noise)} event(s) that do not decide the probe's fate "
+                     "hidden: --verbose shows them)")
     lines.append("")
     answered = [o.rtt_ns / 1e6 for o in result.outcomes if o.rtt_ns is not None]
     sent = len(result.outcomes)
     if result.trace.nat():
         lines.append("  nat:     " + "; ".join(result.trace.nat()))
+    if result.dns_name:
+        answer = result.dns_answer
+        said = (f"{answer.rcode_name} {' '.join(answer.addresses)}".strip() if answer
+                else "no answer")
+        lines.append(f"  dns:     {result.dns_name} -> {said}")
     if result.reachable:
         rtt = (f", rtt min/avg/max {min(answered):.3f}/{sum(answered) / len(answered):.3f}/"
                f"{max(answered):.3f} ms" if answered else " (delivered; no UDP answer)")
@@ -389,6 +624,29 @@ def render(result: Result, color: bool = False) -> str:
             tag = "finding" if hint.finding else "possible"
             lines.append(textwrap.fill(hint.text, width=78, initial_indent=f"  {tag}:  ",
                                        subsequent_indent=" " * 12, break_long_words=False))
+        if verbose and result.state:
+            lines += ["", *_state_lines(result.state)]
     if result.lost_events:
         lines.append(f"  warning: {result.lost_events} events lost (ring buffer full)")
     return "\n".join(lines)
+
+
+def _state_lines(state: pathstate.PathState) -> list[str]:
+    """--verbose: the state read along the path, the evidence behind the hints."""
+    lines = ["  path state:"]
+    for d in state.devices:
+        flags = ("up" if d.up else "DOWN") + ("" if d.carrier or not d.up else ",no-carrier")
+        master = f" master {d.master}" if d.master else ""
+        lines.append(f"    {d.place[:16]:<16} {d.name:<16} {flags:<13} mtu {d.mtu}{master}")
+    for r in state.routes:
+        via = f" via {r.gateway}" if r.gateway else ""
+        lines.append(f"    {r.place[:16]:<16} route {r.destination}: {r.kind}"
+                     f"{via}{f' dev {r.device}' if r.device else ''}")
+    for n in state.neighbours:
+        lines.append(f"    {n.place[:16]:<16} neighbour {n.address} dev {n.device}: "
+                     f"{n.state or 'no entry'}")
+    for place, sockets in state.listeners.items():
+        listening = ", ".join(f"{s.address}:{s.port}" for s in sockets[:8]) or "nothing"
+        lines.append(f"    {place[:16]:<16} listening: {listening}")
+    lines += [f"    unreadable: {why}" for why in state.unreadable]
+    return lines

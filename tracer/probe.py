@@ -1,15 +1,13 @@
 """trace-ping's own probes, sent from inside the source's network namespace.
 
-A socket keeps the netns it was created in, so a short-lived thread enters the
-netns (setns affects only the calling thread), opens the socket and leaves;
-the socket is then used from the main thread.  No binary is needed inside the
+A socket keeps the netns it was created in, so it is opened there
+(tracer.netns) and then used from the main thread.  No binary is needed inside the
 container.  Each probe carries an identity the kernel filter can match: a
 random ICMP echo identifier, or the TCP/UDP source port we bound.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import os
@@ -17,39 +15,15 @@ import random
 import select
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from tracer import netns
 
 
 def open_socket(netns_path: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket in the netns at `netns_path` (None: our own)."""
-    if netns_path is None:
-        return socket.socket(family, kind, proto)
-    result: dict[str, object] = {}
-
-    def enter_and_open() -> None:
-        try:
-            fd = os.open(netns_path, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["socket"] = socket.socket(family, kind, proto)
-        except OSError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=enter_and_open, name="cntrace-setns")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["socket"]  # type: ignore[return-value]
+    return netns.run_in(netns_path, lambda: socket.socket(family, kind, proto))
 
 
 def checksum(data: bytes) -> int:
@@ -70,6 +44,15 @@ class Outcome:
     rtt_ns: int | None = None        # nanoseconds, when an answer came back
     error: str | None = None         # e.g. "connection refused", "no route to host"
     icmp_error: tuple[int, int] | None = None   # (type, code) of an ICMP error for it
+    icmp_mtu: int | None = None      # the next-hop MTU a "fragmentation needed" carried
+    answer: object = None            # a DNS probe's parsed answer (tracer.dns.DnsAnswer)
+
+
+# IP_MTU_DISCOVER / IPV6_MTU_DISCOVER = *_PMTUDISC_DO: set DF, never fragment
+# locally; a too-big probe fails with EMSGSIZE or draws "fragmentation needed".
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, PMTUDISC_DO = 10, 23, 2
+HEADERS = {socket.AF_INET: 20, socket.AF_INET6: 40}   # IP header bytes before the payload
+PROBE_MARK = b"cntrace-trace-ping"
 
 
 class Probe:
@@ -92,6 +75,17 @@ class Probe:
         self.sport = self.sock.getsockname()[1]
         self.sock.setblocking(False)
 
+    def set_dont_fragment(self) -> None:
+        if self.family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_DO)
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_DO)
+
+    def payload(self, size: int | None, headers: int, seq: int) -> bytes:
+        """Our mark, padded so the whole IP packet is `size` bytes."""
+        mark = PROBE_MARK + b" %d" % seq
+        return mark.ljust(max(len(mark), (size or 0) - HEADERS[self.family] - headers), b".")
+
     def close(self) -> None:
         self.sock.close()
 
@@ -99,12 +93,15 @@ class Probe:
 class IcmpEchoProbe(Probe):
     """ICMP(v6) echo over a raw socket, with a random identifier."""
 
-    def __init__(self, netns_path: str | None, dst: str) -> None:
+    def __init__(self, netns_path: str | None, dst: str, size: int | None = None) -> None:
         super().__init__(netns_path, dst, None)
         self.ident = random.randint(1, 0xFFFF)
+        self.size = size
         proto = socket.IPPROTO_ICMPV6 if self.family == socket.AF_INET6 else socket.IPPROTO_ICMP
         self.sock = open_socket(netns_path, self.family, socket.SOCK_RAW, proto)
         self.sock.setblocking(False)
+        if size:
+            self.set_dont_fragment()
 
     @property
     def echo_types(self) -> tuple[int, int]:
@@ -112,7 +109,7 @@ class IcmpEchoProbe(Probe):
 
     def send(self, seq: int) -> None:
         request, _ = self.echo_types
-        payload = b"cntrace-trace-ping".ljust(32, b".")
+        payload = self.payload(self.size or 60, 8, seq)
         header = struct.pack("!BBHHH", request, 0, 0, self.ident, seq)
         csum = 0 if self.family == socket.AF_INET6 else checksum(header + payload)
         packet = struct.pack("!BBHHH", request, 0, csum, self.ident, seq) + payload
@@ -140,9 +137,9 @@ class IcmpEchoProbe(Probe):
                 outcome = self.outcomes[seq]
                 outcome.rtt_ns = outcome.rtt_ns or now - outcome.sent_ns
             elif kind != reply and len(data) >= 8 + 8:
-                self._match_error(kind, code, data[8:])
+                self._match_error(kind, code, data[8:], _next_hop_mtu(self.family, data))
 
-    def _match_error(self, kind: int, code: int, quoted: bytes) -> None:
+    def _match_error(self, kind: int, code: int, quoted: bytes, mtu: int | None) -> None:
         if self.family == socket.AF_INET:
             if len(quoted) < 20:
                 return
@@ -154,6 +151,16 @@ class IcmpEchoProbe(Probe):
         _, _, _, ident, seq = struct.unpack("!BBHHH", quoted[:8])
         if ident == self.ident and seq in self.outcomes:
             self.outcomes[seq].icmp_error = (kind, code)
+            self.outcomes[seq].icmp_mtu = mtu
+
+
+def _next_hop_mtu(family: int, icmp: bytes) -> int | None:
+    """The MTU of IPv4 "fragmentation needed" (RFC 1191) or IPv6 "packet too big"."""
+    if family == socket.AF_INET and icmp[:2] == b"\x03\x04":
+        return struct.unpack("!H", icmp[6:8])[0] or None
+    if family == socket.AF_INET6 and icmp[0] == 2:
+        return struct.unpack("!I", icmp[4:8])[0] or None
+    return None
 
 
 class TcpConnectProbe(Probe):
@@ -194,16 +201,27 @@ class UdpProbe(Probe):
     """UDP datagrams from one bound, connected socket: an ICMP port
     unreachable surfaces as ECONNREFUSED, an answer as a datagram."""
 
-    def __init__(self, netns_path: str | None, dst: str, port: int) -> None:
+    def __init__(self, netns_path: str | None, dst: str, port: int,
+                 size: int | None = None) -> None:
         super().__init__(netns_path, dst, port)
+        self.size = size
         self._bind_any_port(socket.SOCK_DGRAM)
+        if size:
+            self.set_dont_fragment()
         self.sock.connect((self.dst, self.port))
+
+    def datagram(self, seq: int) -> bytes:
+        return self.payload(self.size, 8, seq)
+
+    def answered(self, outcome: Outcome, data: bytes) -> bool:
+        """Whether `data` answers the probe: any datagram does."""
+        return True
 
     def send(self, seq: int) -> None:
         outcome = Outcome(seq, time.monotonic_ns())
         self.outcomes[seq] = outcome
         try:
-            self.sock.send(b"cntrace-trace-ping %d" % seq)
+            self.sock.send(self.datagram(seq))
         except OSError as exc:
             outcome.error = os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -214,8 +232,32 @@ class UdpProbe(Probe):
                 return
             latest = max(self.outcomes.values(), key=lambda o: o.seq)
             try:
-                self.sock.recv(65535)
+                data = self.sock.recv(65535)
             except OSError as exc:
                 latest.error = os.strerror(exc.errno)
                 continue
-            latest.rtt_ns = latest.rtt_ns or time.monotonic_ns() - latest.sent_ns
+            if self.answered(latest, data):
+                latest.rtt_ns = latest.rtt_ns or time.monotonic_ns() - latest.sent_ns
+
+
+class DnsProbe(UdpProbe):
+    """A DNS query for one name, from the source's netns, to its resolver."""
+
+    def __init__(self, netns_path: str | None, server: str, name: str) -> None:
+        from tracer import dns
+
+        super().__init__(netns_path, server, dns.PORT)
+        self.name = name
+        self._dns = dns
+
+    def datagram(self, seq: int) -> bytes:
+        return self._dns.build_query(self.name, self._txid(seq))
+
+    def answered(self, outcome: Outcome, data: bytes) -> bool:
+        answer = self._dns.parse_response(data, self._txid(outcome.seq))
+        if answer is not None:
+            outcome.answer = answer
+        return answer is not None
+
+    def _txid(self, seq: int) -> int:
+        return (self.sport + seq) & 0xFFFF

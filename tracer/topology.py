@@ -83,6 +83,10 @@ class Network:
     bridge: str | None
     subnets: tuple[str, ...]
     gateway: str | None
+    # Docker's own switches for what it allows on this network:
+    masquerade: bool = True  # enable_ip_masquerade: SNAT to the host's address on the way out
+    icc: bool = True  # enable_icc: containers on this bridge may talk to each other
+    internal: bool = False  # --internal: no route out, docker drops what tries
 
 
 @dataclass
@@ -223,8 +227,8 @@ def parse_network(attrs: dict[str, Any]) -> Network:
     """A Network from `docker network inspect` / GET /networks data."""
     config = (attrs.get("IPAM") or {}).get("Config") or []
     bridge = None
+    options = attrs.get("Options") or {}
     if attrs.get("Driver") == "bridge":
-        options = attrs.get("Options") or {}
         # docker names a user network's bridge br-<id[:12]> unless told otherwise
         bridge = options.get("com.docker.network.bridge.name") or f"br-{attrs['Id'][:12]}"
     gateways = [c["Gateway"] for c in config if c.get("Gateway")]
@@ -235,7 +239,15 @@ def parse_network(attrs: dict[str, Any]) -> Network:
         bridge=bridge,
         subnets=tuple(c["Subnet"] for c in config if c.get("Subnet")),
         gateway=gateways[0] if gateways else None,
+        masquerade=_option(options, "enable_ip_masquerade"),
+        icc=_option(options, "enable_icc"),
+        internal=bool(attrs.get("Internal")),
     )
+
+
+def _option(options: dict[str, str], name: str) -> bool:
+    """A com.docker.network.bridge.* switch; docker's default is on."""
+    return str(options.get(f"com.docker.network.bridge.{name}", "true")).lower() != "false"
 
 
 def parse_container(attrs: dict[str, Any], netns: int) -> Container:

@@ -3,6 +3,7 @@ the host's truth independently (ip -j, /proc), never from cntrace itself."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from tracer.testbed import IMAGE_TAG, LABEL
 
 CNTRACE = [sys.executable, "-m", "tracer"]
 # Timeouts are for this machine kind; a kernel VM under emulation (tests/vm/)
@@ -261,3 +265,55 @@ def tc_state() -> tuple[set[tuple[str, str]], set[str]]:
                         f.get("options", {}).get("bpf_name", "").startswith("cntrace_"):
                     filters.add((dev, direction))
     return filters, clsact
+
+
+# ------------------------------------------------------------ trace-ping
+
+
+def trace_ping(*args: str) -> tuple[int, dict | str, str]:
+    result = subprocess.run([*CNTRACE, "ping", *args], capture_output=True, text=True,
+                            timeout=scaled(60))
+    assert "Traceback" not in result.stderr, result.stderr
+    if "--json" in args and result.returncode in (0, 1):
+        return result.returncode, json.loads(result.stdout), result.stderr
+    return result.returncode, result.stdout, result.stderr
+
+
+@contextlib.contextmanager
+def extra_container(client, name: str, network: str = "bridge", **kwargs):
+    """A throwaway container from the testbed image, always removed."""
+    with contextlib.suppress(Exception):
+        client.containers.get(name).remove(force=True)
+    container = client.containers.run(IMAGE_TAG, kwargs.pop("command", ["sleep", "3600"]),
+                                      name=name, detach=True, network=network,
+                                      labels={LABEL: "cntrace-test"}, **kwargs)
+    try:
+        container.reload()
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+def ip_of(container, network: str) -> str:
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+@contextlib.contextmanager
+def iptables_rule(*rule: str):
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+@contextlib.contextmanager
+def sysctl(name: str, value: str):
+    path = Path("/proc/sys", *name.split("."))
+    old = path.read_text().strip()
+    path.write_text(value)
+    try:
+        yield
+    finally:
+        path.write_text(old)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import daemon
+from tracer import settings
 
 pytestmark = pytest.mark.integration
 
@@ -89,18 +89,18 @@ def test_default_config_is_the_daemons_defaults(tmp_path):
     """Uncommented, every key of deploy/cntrace.yml gives the built-in default,
     so the shipped file documents the daemon and changes nothing."""
     text = (DEPLOY / "cntrace.yml").read_text()
-    assert daemon.load_config(_args(DEPLOY / "cntrace.yml"), environ={}) == daemon.Config()
+    assert settings.load_config(_args(DEPLOY / "cntrace.yml"), environ={}) == settings.Config()
     keys = re.findall(r"^#(\w+): ", text, flags=re.M)
     uncommented = tmp_path / "cntrace.yml"
     uncommented.write_text(re.sub(r"^#(\w+: )", r"\1", text, flags=re.M))
-    config = daemon.load_config(_args(uncommented), environ={})
-    assert sorted(keys) == sorted(f.name for f in daemon.fields(daemon.Config))
-    assert config == daemon.Config(web_config_file="/etc/cntrace/web.yml")
+    config = settings.load_config(_args(uncommented), environ={})
+    assert sorted(keys) == sorted(f.name for f in settings.fields(settings.Config))
+    assert config == settings.Config(web_config_file="/etc/cntrace/web.yml")
 
 
 def _args(config: Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    daemon.add_arguments(parser)
+    settings.add_arguments(parser)
     return parser.parse_args(["--config", str(config)])
 
 

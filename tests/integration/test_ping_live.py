@@ -4,71 +4,22 @@ extra containers) in a finally, even when it fails."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import CNTRACE, link, link_by_index, scaled
-from tracer.testbed import IMAGE_TAG, LABEL, check_route
+from tests.integration.helpers import (
+    extra_container,
+    ip_of,
+    iptables_rule,
+    link,
+    link_by_index,
+    sysctl,
+    trace_ping,
+)
+from tracer.testbed import check_route
 
 pytestmark = pytest.mark.integration
-
-
-def trace_ping(*args: str) -> tuple[int, dict | str, str]:
-    result = subprocess.run([*CNTRACE, "ping", *args], capture_output=True, text=True,
-                            timeout=scaled(60))
-    assert "Traceback" not in result.stderr, result.stderr
-    if "--json" in args and result.returncode in (0, 1):
-        return result.returncode, json.loads(result.stdout), result.stderr
-    return result.returncode, result.stdout, result.stderr
-
-
-def hooks_at(hops: list[dict]) -> list[tuple[str, str | None, str]]:
-    return [(h["hook"], h["container"], h["device"]) for h in hops]
-
-
-@contextlib.contextmanager
-def extra_container(client, name: str, network: str = "bridge", **kwargs):
-    """A throwaway container from the testbed image, always removed."""
-    with contextlib.suppress(Exception):
-        client.containers.get(name).remove(force=True)
-    container = client.containers.run(IMAGE_TAG, kwargs.pop("command", ["sleep", "3600"]),
-                                      name=name, detach=True, network=network,
-                                      labels={LABEL: "cntrace-test"}, **kwargs)
-    try:
-        container.reload()
-        yield container
-    finally:
-        container.remove(force=True)
-
-
-def ip_of(container, network: str) -> str:
-    container.reload()
-    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-
-
-@contextlib.contextmanager
-def iptables_rule(*rule: str):
-    subprocess.run(["iptables", "-I", *rule], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["iptables", "-D", *rule], check=True)
-
-
-@contextlib.contextmanager
-def sysctl(name: str, value: str):
-    path = Path("/proc/sys", *name.split("."))
-    old = path.read_text().strip()
-    path.write_text(value)
-    try:
-        yield
-    finally:
-        path.write_text(old)
 
 
 @pytest.mark.kernel

@@ -4,7 +4,7 @@ evidence and stays a "possible" cause without it."""
 import pytest
 
 from tests.unit import fakes
-from tracer import diagnosis, pathtrace, wire
+from tracer import diagnosis, pathstate, pathtrace, wire
 from tracer.attribution import Attributor
 from tracer.rules import RuleCounter, RuleHit
 
@@ -147,3 +147,151 @@ def test_nothing_seen_means_it_never_left():
 ])
 def test_icmp_error_text(family, kind, code, text):
     assert text in diagnosis.icmp_error_text(family, kind, code)
+
+
+# ------------------------------------------- the host's state along the path
+
+
+def state(**parts):
+    return pathstate.PathState(**parts)
+
+
+def device(name, place="host", up=True, carrier=True, mtu=1500, master=None):
+    return pathstate.DeviceState(place, name, 5, "veth", up, carrier, mtu, master)
+
+
+def test_hints_come_in_precedence_order_findings_first():
+    broken = state(devices=[device("veth0bbbb", up=False)],
+                   routes=[pathstate.RouteState("a", "172.17.0.3", "none", None, None, None)])
+    hints = diagnosis.diagnose(trace_with_drop(12), [hit("DOCKER-USER")], context(), host(),
+                               broken)
+    assert [h.kind for h in hints] == ["device-down", "no-route", "firewall-rule"]
+    assert all(h.finding for h in hints)
+    assert hints == sorted(hints, key=lambda h: h.precedence)
+
+
+def test_a_down_device_and_a_missing_carrier_are_named_with_their_place():
+    found = diagnosis.diagnose(pathtrace.PathTrace(), [], context(), host(), state(devices=[
+        device("eth0", place="a", up=False), device("veth0bbbb", carrier=False)]))
+    assert texts(found)[:2] == [
+        "interface eth0 in a on the probe's path is down (nsenter -n -t <pid of a> ip link "
+        "set eth0 up)",
+        "interface veth0bbbb is up but has no carrier: the other end of its veth pair is down"]
+
+
+def test_a_veth_in_the_wrong_bridge_is_named():
+    ports = [pathstate.BridgePort("b", "veth0bbbb", "bridge", "docker0", "br-other")]
+    found = texts(diagnosis.diagnose(pathtrace.PathTrace(), [], context(), host(),
+                                     state(bridge_ports=ports)))
+    assert found[0] == ("veth0bbbb, the host end of b's veth, is a port of br-other; docker "
+                        "network bridge needs it in bridge docker0 (ip link set veth0bbbb "
+                        "master docker0)")
+
+
+@pytest.mark.parametrize("evidence, finding", [
+    (dict(socket_errors=["Message too long"]), True),
+    (dict(icmp_errors=[(3, 4)], icmp_mtu=1280), True),
+    ({}, False),
+])
+def test_mtu_needs_evidence_to_be_a_finding(evidence, finding):
+    ctx = context(size=1400, **evidence)
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], ctx, host(),
+                               state(devices=[device("cntrace-wan0", mtu=1280)]))
+    mtu = [h for h in hints if h.kind == "mtu"]
+    assert mtu[0].finding is finding
+    assert "larger than the MTU of cntrace-wan0 (1280)" in mtu[0].text
+    assert not any(h.kind == "icmp-error" for h in hints)   # frag-needed is told as MTU
+
+
+def test_a_failed_neighbour_is_named():
+    neighbours = [pathstate.NeighbourState("a", "eth0", "172.17.0.254", "FAILED")]
+    found = texts(diagnosis.diagnose(pathtrace.PathTrace(), [], context(), host(),
+                                     state(neighbours=neighbours)))
+    assert found[0].startswith("in a, the next hop 172.17.0.254 on eth0 does not answer ARP")
+
+
+def test_a_private_source_leaving_the_uplink_is_a_missing_snat():
+    leaving = fakes.event(ts_ns=4_000, hook="tx", netns=fakes.HOST_NS, ifindex=20,
+                          ifname="cntrace-wan0", dst="198.51.100.2")
+    trace = pathtrace.build(items(*REQUEST_HOPS, leaving), ICMP, sent_ns=500)
+    network = fakes.topology().networks["bridge"]
+    ctx = context(outside=True, src_address="172.17.0.2", src_docker_networks=(network,),
+                  dst_networks=set(), dst_netns=None)
+    routes = [pathstate.RouteState("host", "198.51.100.2", "unicast", "cntrace-wan0", None,
+                                   None)]
+    found = texts(diagnosis.diagnose(trace, [], ctx, host(), state(routes=routes)))
+    assert "left the host on cntrace-wan0 still carrying the source's private source " \
+           "172.17.0.2" in found[0]
+    assert "no MASQUERADE rule for 172.17.0.0/16" in found[0]
+    with_rule = state(routes=routes, masquerade_rules=[
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"])
+    found = texts(diagnosis.diagnose(trace, [], ctx, host(), with_rule))
+    assert "MASQUERADE" not in found[0]
+
+
+def test_a_listener_on_another_address_is_named():
+    sockets = {"b": [pathstate.Listener("tcp", "127.0.0.1", 8080)]}
+    ctx = context(proto=6, port=8080, tcp_reset=True, dst_address="172.17.0.3")
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], ctx, host(),
+                               state(listeners=sockets))
+    assert hints[0].kind == "wrong-address"
+    assert "tcp port 8080 is bound to 127.0.0.1 only, not to 172.17.0.3" in hints[0].text
+
+
+def test_no_listener_says_what_listens():
+    sockets = {"b": [pathstate.Listener("tcp", "0.0.0.0", 80)]}
+    ctx = context(proto=6, port=81, tcp_reset=True, dst_address="172.17.0.3")
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], ctx, host(),
+                               state(listeners=sockets))
+    assert hints[0].kind == "no-listener"
+    assert hints[0].text.endswith("in b, tcp sockets listen on: 0.0.0.0:80")
+
+
+@pytest.mark.parametrize("rcode, kind", [
+    ("NXDOMAIN", "dns-nxdomain"), ("REFUSED", "dns-refused"), ("SERVFAIL", "dns-error"),
+])
+def test_dns_answers_are_diagnosed(rcode, kind):
+    facts = diagnosis.DnsFacts("db.test", "198.51.100.2", rcode, (), False)
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], context(proto=17, port=53,
+                               dns=facts), host(), state())
+    assert hints[0].kind == kind and "198.51.100.2" in hints[0].text
+
+
+def test_docker_dns_without_its_listener_is_named():
+    facts = diagnosis.DnsFacts("db", "127.0.0.11", None, (), True)
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], context(proto=17, port=53,
+                               dns=facts, source="a"), host(),
+                               state(listeners={"a": [pathstate.Listener("udp", "0.0.0.0",
+                                                                          68)]}))
+    assert hints[0].kind == "dns-no-resolver"
+    assert "nothing listens on 127.0.0.11 in a" in hints[0].text
+
+
+# ------------------------------------------------------------------- noise
+
+
+def test_the_leftover_copy_and_flooded_copies_are_noise_not_drops():
+    reply = fakes.event(ts_ns=5_000, hook="rx", icmp_type=0, src="172.17.0.3",
+                        dst="172.17.0.2")
+    leftover = fakes.event(ts_ns=5_100, kind=fakes.DROP, hook="drop", icmp_type=0,
+                           src="172.17.0.3", dst="172.17.0.2", drop_reason=2)
+    other_ns = 4026539999
+    flooded = fakes.event(ts_ns=3_600, kind=fakes.DROP, hook="drop", drop_reason=3,
+                          netns=other_ns, ifindex=10)
+    delivered_elsewhere = fakes.event(ts_ns=3_700, hook="rx", netns=other_ns, ifindex=10)
+    named = Attributor(fakes.topology, drop_reasons={2: "NO_SOCKET", 3: "OTHERHOST"})
+    trace = pathtrace.build([named.attribute(e) for e in (*REQUEST_HOPS, flooded,
+                             delivered_elsewhere, reply, leftover)], ICMP, sent_ns=500)
+    pathtrace.separate_noise(trace, {fakes.HOST_NS, fakes.A_NS, fakes.B_NS}, fakes.A_NS,
+                             fakes.B_NS, answered=True)
+    assert trace.request_drops == [] and trace.reply_drops == []
+    assert [h.noise for h in trace.noise] == [pathtrace.NOISE_OFF_PATH] * 2 + [
+        pathtrace.NOISE_LEFTOVER]
+    assert [h.item.event.hook for h in trace.request] == ["tx", "rx", "FORWARD"]
+
+
+def test_a_drop_on_the_path_stays_a_drop():
+    trace = trace_with_drop(12)
+    pathtrace.separate_noise(trace, {fakes.HOST_NS, fakes.A_NS, fakes.B_NS}, fakes.A_NS,
+                             fakes.B_NS, answered=False)
+    assert len(trace.request_drops) == 1 and trace.noise == []

@@ -48,10 +48,12 @@ from tracer import (
     kernel_layout,
     loader,
     ping,
+    rules,
     topology,
     webconfig,
     wire,
 )
+from tracer import settings as daemon_settings
 from tracer.btf import BtfError
 from tracer.collector import DaemonStats
 from tracer.errors import UsageError
@@ -77,25 +79,25 @@ class Bug:
 
 
 LISTEN_EMPTY = Bug(
-    "daemon.load_config: web_listen_address '' (CNTRACE_WEB_LISTEN_ADDRESS= or "
+    "settings.load_config: web_listen_address '' (CNTRACE_WEB_LISTEN_ADDRESS= or "
     "--web.listen-address '') or null (YAML) is coerced to None, then "
     "split_listen_address(None) raises AttributeError", AttributeError, "rpartition")
 MIXED_KEYS = Bug(
-    "daemon.load_config: unknown YAML keys of different types (`1: 0` and `a: 0`) are "
+    "settings.load_config: unknown YAML keys of different types (`1: 0` and `a: 0`) are "
     "sorted together: TypeError", TypeError, "not supported between instances")
 NUMBER_OVERFLOW = Bug(
-    "daemon._coerce catches TypeError/ValueError only: int(.inf) and float(10**400) raise "
+    "settings._coerce catches TypeError/ValueError only: int(.inf) and float(10**400) raise "
     "OverflowError", OverflowError, "")
 CONFIG_NOT_UTF8 = Bug(
-    "daemon._read_yaml opens the config as text: a file that is not UTF-8 raises "
+    "settings._read_yaml opens the config as text: a file that is not UTF-8 raises "
     "UnicodeDecodeError (webconfig reads bytes and reports it)", UnicodeDecodeError, "")
 SECONDS_NOT_FINITE = Bug(
-    "daemon._validate accepts nan and inf seconds (`x <= 0` is False): flow_idle_seconds "
+    "settings._validate accepts nan and inf seconds (`x <= 0` is False): flow_idle_seconds "
     "inf/nan then crashes Sampler.__init__ (int(inf * 1e9)) after the BPF programs are "
     "attached, sample_seconds nan makes Sampler.run spin (Event.wait(nan) returns at once)",
     AssertionError, "not finite")
 YAML_TOO_DEEP = Bug(
-    "daemon._read_yaml and webconfig._parse: YAML nested ~1000 deep raises RecursionError "
+    "settings._read_yaml and webconfig._parse: YAML nested ~1000 deep raises RecursionError "
     "from PyYAML's composer", RecursionError, "")
 WEB_PATH_NUL = Bug(
     "webconfig: a file name with a NUL (`cert_file: \"\\0\"`; or the daemon config's "
@@ -207,6 +209,8 @@ def fake_ping_host():
     """trace-ping up to its probe socket: fakes.topology() is the host."""
     with mock.patch.object(loader, "check_privileges"), \
             mock.patch.object(loader, "read_kernel"), \
+            mock.patch.object(loader, "compile_programs"), \
+            mock.patch.object(rules, "snapshot", return_value={}), \
             mock.patch.object(topology, "docker_client", return_value=FakeDocker()), \
             mock.patch.object(topology, "discover", return_value=fakes.topology()), \
             mock.patch.object(ping, "_open_probe", side_effect=Reached) as open_probe:
@@ -214,7 +218,7 @@ def fake_ping_host():
 
 
 def _checked_probe(open_probe) -> None:
-    src, dst, proto, port = open_probe.call_args.args
+    src, dst, proto, port, _ = open_probe.call_args.args
     assert isinstance(src, ping.Source) and isinstance(dst, ping.Destination)
     ipaddress.ip_address(dst.address)
     assert proto in ("icmp", "tcp", "udp")
@@ -570,7 +574,7 @@ def compile_args(**load_args) -> tuple[str, list[str]]:
     return compiled
 
 
-SETTINGS = [f.name for f in fields(daemon.Config)]
+SETTINGS = [f.name for f in fields(daemon_settings.Config)]
 ENV_NAMES = [f"CNTRACE_{name.upper()}" for name in SETTINGS]
 SETTING_TEXT = st.sampled_from(["127.0.0.1:9476", "[::1]:80", ":80", "0.0.0.0:99999", "65536",
                                 "1024", "4194304", "64", "0", "-1", "1e3", "nan", "inf", "info",
@@ -589,12 +593,12 @@ def namespace(config: str | None = None) -> argparse.Namespace:
 def test_bpf_program_is_fixed_text_and_flags_are_names_and_integers(
         layout, environ, events_pages, spec):
     kernel = loader.KernelInfo(layout, {})
-    config = outcome(lambda: daemon.load_config(namespace(), environ), *CONFIG_BUGS)
+    config = outcome(lambda: daemon_settings.load_config(namespace(), environ), *CONFIG_BUGS)
     kernel_filter = outcome(lambda: filters.resolve(spec, fakes.topology()))
     if not isinstance(kernel_filter, UsageError):
         filters.install(kernel_filter, RecordingTracer())
     runs = [compile_args(kernel=kernel, ringbuf_pages=events_pages)]  # cntrace events
-    if isinstance(config, daemon.Config):  # cntrace daemon, as daemon.run loads it
+    if isinstance(config, daemon_settings.Config):  # cntrace daemon, as daemon.run loads it
         runs.append(compile_args(kernel=kernel, ringbuf_pages=config.ringbuf_pages,
                                  flow_table_size=config.flow_table_size))
     for text, cflags in runs:
@@ -605,9 +609,9 @@ def test_bpf_program_is_fixed_text_and_flags_are_names_and_integers(
 # ------------------------------------------------------------ 4. the daemon's configuration
 
 
-def checked_config(config: daemon.Config) -> daemon.Config:
+def checked_config(config: daemon_settings.Config) -> daemon_settings.Config:
     """What _validate promises, as the rest of the daemon reads it."""
-    host, port = daemon.split_listen_address(config.web_listen_address)
+    host, port = daemon_settings.split_listen_address(config.web_listen_address)
     assert isinstance(host, str) and 1 <= port <= 65535
     assert type(config.flow_table_size) is int and 1024 <= config.flow_table_size <= 4_194_304
     assert type(config.ringbuf_pages) is int and config.ringbuf_pages > 0
@@ -637,9 +641,9 @@ CONFIG_FILES = (CONFIG_DOCUMENTS.map(dump) | json_like().map(dump) | st.text(max
 @example(content="web_listen_address: 'x'\n", environ={"CNTRACE_WEB_LISTEN_ADDRESS": "[::]:1"})
 def test_daemon_config_is_valid_or_a_usage_error(workdir, content, environ):
     path = write(workdir, content)
-    result = outcome(lambda: checked_config(daemon.load_config(namespace(path), environ)),
+    result = outcome(lambda: checked_config(daemon_settings.load_config(namespace(path), environ)),
                      *CONFIG_BUGS)
-    assert isinstance(result, daemon.Config | UsageError)
+    assert isinstance(result, daemon_settings.Config | UsageError)
 
 
 DAEMON_OPTIONS = command_line(
@@ -909,7 +913,7 @@ def test_docker_watcher_survives_any_event_stream(stream):
 
 def _config(directory: Path, content: str | bytes | None, environ: dict[str, str]):
     path = write(directory, content) if content is not None else None
-    return checked_config(daemon.load_config(namespace(path), environ))
+    return checked_config(daemon_settings.load_config(namespace(path), environ))
 
 
 def _web(directory: Path, content: str):
