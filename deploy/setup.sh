@@ -19,7 +19,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV=/opt/cntrace/venv
 APT_PACKAGES=(
     bpfcc-tools python3-bpfcc libbpfcc libbpf1 bpftool  # bcc, libbpf (BTF), bpftool (tests)
-    docker.io iptables conntrack iproute2 busybox-static # the Docker host and its tools
+    docker.io iptables nftables conntrack iproute2 busybox-static # the Docker host and its tools
     python3-venv python3-pip kmod                        # Debian's python3 sees bcc
 )
 # Only for `test` and `bench`, without recommends: the scrape tests run their own Prometheus

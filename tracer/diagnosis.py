@@ -176,10 +176,16 @@ def _firewall(rule_hits: list[RuleHit], ctx: Context, reasons: set) -> list[Hint
     # names too is already told above, from its counter.
     told = {(hit.counter.table, hit.counter.chain) for hit in dropping}
     for verdict in ctx.nft_verdicts:
-        if verdict.verdict in ("drop", "reject") and (verdict.table, verdict.chain) not in told:
-            hints.append(Hint("firewall-rule", f"an nftables rule drops the probe: "
-                                               f"{verdict.describe()}", True))
+        if verdict.drops and (verdict.table, verdict.chain) not in told:
             told.add((verdict.table, verdict.chain))
+            if verdict.chain.startswith("DOCKER-ISOLATION"):
+                hints.append(Hint("isolation",
+                    f"docker isolates these networks from each other ({verdict.describe()}); "
+                    "connect both containers to one network (docker network connect)", True))
+            else:
+                hints.append(Hint("firewall-rule", f"a firewall rule in chain {verdict.chain} "
+                                                   f"drops the probe: {verdict.describe()}",
+                                  True))
     if "NETFILTER_DROP" in reasons and not told:
         hints.append(Hint("netfilter-unnamed",
                           "netfilter dropped the probe, but no iptables counter moved and no "

@@ -25,6 +25,7 @@ QCLASS_IN = 1
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 # Docker's resolver for containers on user-defined networks, written into their resolv.conf.
 DOCKER_EMBEDDED_DNS = "127.0.0.11"
+PORT = 53
 
 _HEADER = struct.Struct("!HHHHHH")   # id, flags, qdcount, ancount, nscount, arcount
 _RR_FIXED = struct.Struct("!HHIH")   # type, class, ttl, rdlength

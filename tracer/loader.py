@@ -18,11 +18,15 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tracer import bpflink, features, tclink
+from tracer import bpflink, features
 from tracer.btf import Btf
 from tracer.errors import KernelFeatureError, PrivilegeError
 from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
+
+if TYPE_CHECKING:
+    from tracer import tclink
 
 
 def _find_bpf_dir() -> Path:
@@ -136,7 +140,7 @@ class Tracer:
     hooks: list[HookStatus] = field(default_factory=list)
     # The daemon's counting programs on container veths (tcx or classic tc),
     # attached per veth by tracer.counters; None outside the daemon.
-    veth_programs: tclink.TcxLinks | tclink.ClassicTc | None = None
+    veth_programs: tclink.TcxLinks | tclink.ClassicTc | None = None  # the daemon's
     _link_fds: list[int] = field(default_factory=list)
 
     def __getitem__(self, map_name: str):
@@ -305,6 +309,8 @@ def _load_veth_programs(tracer: Tracer) -> HookStatus:
     veth, with tcx links where the kernel has them, else classic tc."""
     name = "tc:container-veths"
     lost = "lost: per-container traffic, peer and flow counters"
+    from tracer import tclink  # pyroute2 and the registry: the daemon's, not trace-ping's
+
     try:
         from bcc import BPF
 

@@ -396,9 +396,10 @@ class NftTrace:
         self.why_not = f"`nft monitor trace` did not subscribe within {READY_TIMEOUT_S:g} s"
         return False
 
-    def stop(self) -> list[RuleVerdict]:
-        """Delete the table, let the monitor print what it received, end it;
-        return each traced packet's final verdict (see parse_monitor).
+    def stop(self, drain: bool = True) -> list[RuleVerdict]:
+        """Delete the table, let the monitor print what it received (unless
+        `drain` is False: the caller needs no verdict), end it; return each
+        traced packet's final verdict (see parse_monitor).
         The table's deletion dominates: its commit, and the RCU grace period
         the kernel waits for before it frees the table, which every
         NETLINK_NETFILTER socket closing meanwhile waits for too (nf_tables'
@@ -411,7 +412,7 @@ class NftTrace:
                 delete = subprocess.Popen([self.nft, "delete", "table", "inet", self.table],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, text=True)
-            if self._monitor is not None and self._socket is not None:
+            if drain and self._monitor is not None and self._socket is not None:
                 self._drain()
         finally:
             self._end_monitor()

@@ -67,12 +67,12 @@ def nat_detail(event: Event) -> str | None:
     parts = []
     if ct.snat and event.src == r.dst and r.dst != o.src:
         parts.append(f"snat {o.src} -> {r.dst}")
-    if ct.dnat and event.dst == r.src and r.src != o.dst:
+    if ct.dnat and event.dst == r.src and (r.src, r.sport) != (o.dst, o.dport):
         parts.append(f"dnat {o.dst}:{o.dport} -> {r.src}:{r.sport}")
     if ct.snat and event.dst == o.src and event.src == o.dst:
         parts.append(f"un-snat {r.dst} -> {o.src}")
     if ct.dnat and event.src == o.dst and event.dst == o.src:
-        parts.append(f"un-dnat {r.src} -> {o.dst}")
+        parts.append(f"un-dnat {r.src}:{r.sport} -> {o.dst}:{o.dport}")
     return ", ".join(parts) or None
 
 

@@ -80,7 +80,7 @@ def _box(title: str, lines: list[str], width: int, height: int) -> list[str]:
 def draw(result) -> list[str]:
     columns = _columns(result)
     trace, dst = result.trace, result.destination
-    stopped = not result.reachable
+    stopped = not result.reachable and not result.answered
     if not columns:
         columns = [(result.source.label, ["(nothing seen)"])]
     reached_dst = dst.container is not None and columns[-1][0] == dst.container.name

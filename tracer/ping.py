@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -165,6 +166,10 @@ class Result:
     size: int | None = None
 
     @property
+    def answered(self) -> bool:
+        return any(o.rtt_ns is not None for o in self.outcomes)
+
+    @property
     def dns_answer(self):
         return next((o.answer for o in self.outcomes if o.answer is not None), None)
 
@@ -260,10 +265,12 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
     loader.check_privileges()
     kernel = loader.read_kernel(req.btf_path)
     # clang takes most of a trace-ping's time: compile while Docker is asked.
-    # The counters before the probe are read meanwhile (iptables-save: I/O).
+    # iptables-legacy rules are named from counters read before and after the
+    # probe; nftables tracing names every nf_tables rule, iptables-nft's too.
+    counted = rules.legacy_tables_in_use() or shutil.which("nft") is None
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cntrace-prepare")
     compiling = pool.submit(loader.compile_programs, kernel, 64)
-    counting = pool.submit(rules.snapshot)
+    counting = pool.submit(rules.snapshot if counted else dict)
     pool.shutdown(wait=False)
     try:
         client = topology.docker_client()
@@ -295,9 +302,9 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
             with nftrace.NftTrace(match) as nft:
                 events = _send_and_collect(sock, reader, req)
                 answered = any(o.rtt_ns for o in sock.outcomes.values())
-                # Counters and the nft trace only matter when it did not get through.
-                after = {} if answered and not req.dns else rules.snapshot()
-                verdicts = nft.stop()
+                # Counters only matter when it did not get through.
+                after = rules.snapshot() if counted and not answered else {}
+                verdicts = nft.stop(drain=not answered)   # a verdict explains a failure
             lost = reader.kernel_stats()["lost"]
             # Drop locations are symbolized later, for the drops that are shown:
             # reading kallsyms costs 0.1 s.
@@ -313,7 +320,7 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
     _locate_drops(result.trace, tracer.symbolize, req.verbose or req.as_json)
     result.nft_verdicts, result.nft_detail = verdicts, nft.why_not
     if not result.reachable:
-        result.state = _path_state(result, topo, after)
+        result.state = _path_state(result, topo, after or rules.snapshot(tables=("nat",)))
         result.hints = diagnosis.diagnose(result.trace, result.rule_hits,
                                           _context(result, topo), state=result.state)
     if req.as_json:
@@ -353,8 +360,7 @@ def _resolver_of(src: Source) -> Destination:
     if not conf.nameservers:
         raise UsageError(f"{src.label}'s /etc/resolv.conf names no nameserver")
     server = conf.nameservers[0]
-    label = (f"{server} (docker's embedded DNS)" if server == dns.DOCKER_EMBEDDED_DNS
-             else server)
+    label = "docker's embedded DNS" if server == dns.DOCKER_EMBEDDED_DNS else server
     return Destination(label, server, None)
 
 
@@ -575,7 +581,7 @@ def render(result: Result, color: bool = False, verbose: bool = False,
         lines += [*figure.draw(result), ""]
     trace = result.trace
     request_chain = pathtrace.chain(trace.request)
-    if not result.reachable:
+    if not result.reachable and not result.answered:
         stop = "X dropped" if trace.request_drops else "X no further hop seen"
         request_chain = [*request_chain, f"{red[0]}{stop}{red[1]}"]
     lines += _wrap_chain("  request  ", request_chain or ["(nothing seen)"])
@@ -589,8 +595,9 @@ def render(result: Result, color: bool = False, verbose: bool = False,
         lines.append(f"  {hop.offset_us:>8.1f}  {hop.label[:24]:<24} "
                      f"{HOOK_COLUMN.get(event.hook, event.hook):<4} {packet_summary(event)}")
         if hop.noise:
-            lines.append(f"  {'':8}  `- noise: {hop.item.drop_reason} at "
-                         f"{hop.item.drop_location}: {hop.noise}")
+            dropped = f"{hop.item.drop_reason} at {hop.item.drop_location}: " \
+                if event.is_drop else ""
+            lines.append(f"  {'':8}  `- noise: {dropped}{hop.noise}")
         elif event.is_drop:
             lines.append(f"  {'':8}  `- {red[0]}dropped: {hop.item.drop_reason} at "
                          f"{hop.item.drop_location}{red[1]}")
@@ -607,12 +614,20 @@ def render(result: Result, color: bool = False, verbose: bool = False,
         said = (f"{answer.rcode_name} {' '.join(answer.addresses)}".strip() if answer
                 else "no answer")
         lines.append(f"  dns:     {result.dns_name} -> {said}")
-    if result.reachable:
+        listener = _embedded_listener(result)
+        if listener:
+            lines.append(f"  resolver: docker's embedded DNS: {dst.address}:53 is DNATed in "
+                         f"{result.source.label}'s netns to dockerd at {listener}")
+    if result.dns_name:
+        verdict = "RESOLVED" if result.reachable else f"{red[0]}NOT RESOLVED{red[1]}"
+        lines.append(f"  {verdict}: {len(answered)}/{sent} answered")
+    elif result.reachable:
         rtt = (f", rtt min/avg/max {min(answered):.3f}/{sum(answered) / len(answered):.3f}/"
                f"{max(answered):.3f} ms" if answered else " (delivered; no UDP answer)")
         lines.append(f"  REACHABLE: {len(answered)}/{sent} answered{rtt}")
     else:
         lines.append(f"  {red[0]}NOT REACHABLE{red[1]}: {len(answered)}/{sent} answered")
+    if not result.reachable:
         last = trace.last_request_hop
         if last:
             lines.append(f"  last hop: {last.label} ({last.item.event.hook}, "
@@ -629,6 +644,18 @@ def render(result: Result, color: bool = False, verbose: bool = False,
     if result.lost_events:
         lines.append(f"  warning: {result.lost_events} events lost (ring buffer full)")
     return "\n".join(lines)
+
+
+def _embedded_listener(result: Result) -> str | None:
+    """Where docker's DNAT sent a query to 127.0.0.11:53: dockerd's own socket."""
+    if result.destination.container is not None:
+        return None
+    for hop in result.trace.request:
+        event = hop.item.event
+        if event.dst == result.destination.address and event.dport not in (0, 53) \
+                and event.dst.startswith("127."):
+            return f"{event.dst}:{event.dport}"
+    return None
 
 
 def _state_lines(state: pathstate.PathState) -> list[str]:

@@ -136,6 +136,7 @@ class IcmpEchoProbe(Probe):
             if kind == reply and ident == self.ident and seq in self.outcomes:
                 outcome = self.outcomes[seq]
                 outcome.rtt_ns = outcome.rtt_ns or now - outcome.sent_ns
+                return
             elif kind != reply and len(data) >= 8 + 8:
                 self._match_error(kind, code, data[8:], _next_hop_mtu(self.family, data))
 
@@ -238,6 +239,7 @@ class UdpProbe(Probe):
                 continue
             if self.answered(latest, data):
                 latest.rtt_ns = latest.rtt_ns or time.monotonic_ns() - latest.sent_ns
+                return
 
 
 class DnsProbe(UdpProbe):

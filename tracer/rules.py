@@ -150,6 +150,23 @@ def snapshot(tables: Iterable[str] = TABLES, families: Iterable[str] = FAMILIES,
     return keyed(counters)
 
 
+# iptables-legacy's tables live in x_tables and are listed here once loaded;
+# iptables-nft's (Debian's default, Docker's) are nf_tables tables, which
+# nftables' own trace names (tracer.nftrace) without any counter.
+LEGACY_TABLE_LISTS = ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
+
+
+def legacy_tables_in_use(paths: Iterable[str] = LEGACY_TABLE_LISTS) -> bool:
+    for path in paths:
+        try:
+            with open(path) as listing:
+                if listing.read().strip():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _traversal_order(counter: RuleCounter) -> tuple:
     return (
         counter.family,

@@ -27,13 +27,15 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import docker
-import requests
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, Any
 
 from tracer.errors import DockerUnavailableError, PrivilegeError, UsageError
+
+if TYPE_CHECKING:
+    import docker
+
+# docker (with requests) and pyroute2 are imported where they are used: a
+# third of a second that trace-ping spends compiling BPF meanwhile.
 
 ROLE_CONTAINER = "container"  # a container's interface inside its netns (eth0)
 ROLE_VETH_HOST = "veth-host"  # host end of a container's veth
@@ -190,6 +192,8 @@ def read_netns(path: str) -> NetnsLinks:
     netns even if the process exits meanwhile. pyroute2 0.9 takes the fd as
     `netns=`: a forked child setns()es into it and hands back the netlink socket.
     """
+    from pyroute2 import IPRoute
+
     fd = os.open(path, os.O_RDONLY)
     try:
         inode = os.fstat(fd).st_ino
@@ -362,6 +366,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _engine_error(exc: Exception) -> DockerUnavailableError:
+    import docker
+
     if isinstance(exc, docker.errors.APIError):
         return DockerUnavailableError(f"the Docker engine failed: {_reason(exc)}")
     return DockerUnavailableError(f"cannot reach the Docker engine: {_reason(exc)}")
@@ -369,6 +375,9 @@ def _engine_error(exc: Exception) -> DockerUnavailableError:
 
 def docker_client() -> docker.DockerClient:
     """A client for the engine named by DOCKER_HOST (default the local socket), pinged."""
+    import docker
+    import requests
+
     url = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
         client = docker.from_env()
@@ -389,6 +398,9 @@ def discover(
 
     Containers that stop while we look are left out, not reported as errors.
     """
+    import docker
+    import requests
+
     try:
         networks = client.api.networks()
         summaries = client.api.containers()

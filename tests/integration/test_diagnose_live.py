@@ -51,6 +51,7 @@ def host_veth(pid: int) -> str:
     return hops_of(SimpleNamespace(pid=pid))["veth_name"]
 
 
+@pytest.mark.kernel
 def test_a_reachable_trace_has_no_drop_in_its_verdict(testbed):
     a, b = testbed.containers["a"], testbed.containers["b"]
     check_route(b.ip, [b.bridge])
@@ -59,6 +60,11 @@ def test_a_reachable_trace_has_no_drop_in_its_verdict(testbed):
     # The raw socket's copy of the reply is freed by ping_rcv: labelled noise.
     leftover = [n for n in result["noise"] if n["drop_reason"] == "NO_SOCKET"]
     assert leftover and "already received" in leftover[0]["noise"]
+
+
+def test_the_text_verdict_of_a_reachable_trace_shows_no_drop_unless_verbose(testbed):
+    a, b = testbed.containers["a"], testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
     code, text, _ = trace_ping(a.name, b.name)
     assert code == 0 and "DROP" not in text and "dropped" not in text
     code, text, _ = trace_ping(a.name, b.name, "--verbose")
@@ -217,6 +223,7 @@ def test_no_listener_lists_what_does_listen(testbed, docker_client):
         or "0.0.0.0:80" in text
 
 
+@pytest.mark.kernel
 def test_an_nftables_rule_is_named_with_table_chain_and_handle(testbed):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])

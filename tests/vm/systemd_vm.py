@@ -39,7 +39,8 @@ SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # the checks use), the stock kernel with its headers, and a booting system.
 PACKAGES = (
     "systemd-sysv", "udev", "dbus", "linux-image-amd64", "linux-headers-amd64",
-    "initramfs-tools", "docker.io", "iptables", "conntrack", "iproute2", "busybox-static",
+    "initramfs-tools", "docker.io", "iptables", "nftables", "conntrack", "iproute2",
+    "busybox-static",
     "bpfcc-tools", "python3-bpfcc", "libbpfcc", "libbpf1", "bpftool", "python3-venv",
     "python3-pip", "kmod", "procps", "ca-certificates", "iputils-ping",
     # Debian's kernel enables AppArmor and a Debian install has its tools:
