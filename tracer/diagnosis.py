@@ -1,8 +1,10 @@
 """Why a probe did not get through: the trace's evidence joined with the
-host's state.  A hint is a "finding" only when both support it; otherwise
-it is offered as a "possible" cause.  General by construction: each rule
-keys on a drop reason, an ICMP error, a moved firewall counter or a host
-setting, not on a named scenario."""
+host's state along the path (tracer.pathstate).  A hint is a "finding" only
+when both support it; otherwise it is offered as a "possible" cause.  Hints
+are data: a kind, whose place in PRECEDENCE orders the verdict, and a text.
+General by construction: each rule keys on a drop reason, an ICMP error, a
+firewall verdict, a device, route, neighbour or socket, or a host setting,
+never on a named scenario."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from tracer.nftrace import RuleVerdict
 from tracer.pathstate import BAD_ROUTE_TYPES, FAILED_NEIGHBOUR, HOST, PathState
 from tracer.pathtrace import PathTrace
 from tracer.rules import RuleHit, describe
-from tracer.topology import Network
+from tracer.topology import ROLE_HOST, Network
 
 ICMP_UNREACHABLE = {
     0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
@@ -35,8 +37,8 @@ NEIGH_DROPS = {"NEIGH_FAILED", "NEIGH_CREATEFAIL", "NEIGH_QUEUEFULL", "NEIGH_DEA
 # trace went quiet last.  Lower comes first; findings before possibles.
 PRECEDENCE = {
     "device-down": 10, "no-carrier": 11, "not-a-bridge-port": 12, "mtu": 15,
-    "no-route": 20, "bad-route": 21, "neighbour-failed": 22, "forwarding-disabled": 25,
-    "rp-filter": 27, "isolation": 30, "firewall-rule": 31, "internal-network": 33,
+    "rp-filter": 19, "no-route": 20, "bad-route": 21, "neighbour-failed": 22,
+    "forwarding-disabled": 25, "internal-network": 29, "isolation": 30, "firewall-rule": 31,
     "icc-disabled": 34, "no-snat": 35, "netfilter-unnamed": 36, "wrong-address": 40,
     "no-listener": 41, "dns-no-resolver": 42, "dns-unreachable": 43, "dns-nxdomain": 44,
     "dns-refused": 44, "dns-error": 44, "dns-no-answer": 46, "icmp-error": 45,
@@ -273,13 +275,30 @@ def _devices(state: PathState, ctx: Context, reasons: set) -> list[Hint]:
             hints.append(Hint("mtu", f"the {ctx.size}-byte probe (DF set) does not fit the "
                                      f"path MTU{said or ' (a device beyond this host)'}",
                               True))
+    hints += _reverse_path(state, ctx, reasons)
+    return hints
+
+
+def _reverse_path(state: PathState, ctx: Context, reasons: set) -> list[Hint]:
+    """Strict rp_filter drops what enters a device the host would not route
+    the sender back through: the probe, and the ARP before it."""
+    back = state.route(HOST, ctx.src_address) if ctx.src_address else None
+    for port in state.bridge_ports:
+        if port.container != ctx.source or state.rp_filter.get(port.bridge) != 1:
+            continue
+        if back is not None and back.device != port.bridge:
+            return [Hint("rp-filter",
+                f"strict reverse-path filtering (rp_filter=1) on {port.bridge} drops what "
+                f"{ctx.source} sends, its ARP included: the host routes {ctx.src_address} "
+                f"back via {back.device or back.kind}, not {port.bridge} (ip route get "
+                f"{ctx.src_address}: a stray route?)", True)]
     if "IP_RPFILTER" in reasons:
         strict = [name for name, value in state.rp_filter.items() if value == 1]
-        hints.append(Hint("rp-filter",
+        return [Hint("rp-filter",
             f"reverse-path filtering dropped the probe (rp_filter=1, strict, on "
             f"{', '.join(strict) or 'the ingress device'}): the route back to its source "
-            "does not leave through the device it came in on", True))
-    return hints
+            "does not leave through the device it came in on", True)]
+    return []
 
 
 def _nat(trace: PathTrace, ctx: Context, state: PathState, reasons: set) -> list[Hint]:
@@ -298,6 +317,7 @@ def _nat(trace: PathTrace, ctx: Context, state: PathState, reasons: set) -> list
     if not (ctx.outside and ctx.src_address and host_route and host_route.device):
         return hints
     leaked = [h for h in trace.request if h.item.event.hook == "tx"
+              and h.item.interface is not None and h.item.interface.role == ROLE_HOST
               and h.item.event.ifname == host_route.device and h.item.event.src == ctx.src_address]
     if not leaked:
         return hints
@@ -335,7 +355,7 @@ def _answers(ctx: Context, state: PathState | None) -> list[Hint]:
                          f"{', '.join(f'{s.address}:{s.port}' for s in sockets[:6]) or 'none'}")
     refusals = []
     for kind, code in ctx.icmp_errors:
-        if (ctx.family, kind, code) in ((4, 3, 3), (6, 1, 4)):
+        if (ctx.family, kind, code) in ((4, 3, 3), (6, 1, 4)) and ctx.port is not None:
             refusals.append(f"nothing listens on port {ctx.port} at {ctx.destination} (the "
                             f"host answered: {icmp_error_text(ctx.family, kind, code)})")
         elif (ctx.family, kind, code) not in ((4, 3, 4), (6, 2, 0)):   # MTU: told above

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,8 +118,10 @@ class PathState:
     def device(self, place: str, name: str | None) -> DeviceState | None:
         return next((d for d in self.devices if d.place == place and d.name == name), None)
 
-    def route(self, place: str) -> RouteState | None:
-        return next((r for r in self.routes if r.place == place), None)
+    def route(self, place: str, destination: str | None = None) -> RouteState | None:
+        """`place`'s first route (the probe's way), or its route to `destination`."""
+        return next((r for r in self.routes if r.place == place
+                     and destination in (None, r.destination)), None)
 
     def to_dict(self) -> dict:
         return {
@@ -137,10 +140,10 @@ class PathState:
 # --------------------------------------------------------------- reading
 
 
-def _netlink_state(place: Place, toward: str | None, state: PathState) -> None:
-    """Devices, the route toward `toward` and its next hop's neighbour entry."""
+def _netlink_state(place: Place, towards: tuple[str, ...], state: PathState) -> None:
+    """Devices, the route toward each address and the first route's next
+    hop's neighbour entry."""
     from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
 
     fd = os.open(place.netns_path, os.O_RDONLY) if place.netns_path else None
     try:
@@ -154,34 +157,35 @@ def _netlink_state(place: Place, toward: str | None, state: PathState) -> None:
                     info.get("IFLA_INFO_KIND") if info else None,
                     bool(raw["flags"] & IFF_UP), bool(raw["flags"] & IFF_LOWER_UP),
                     raw.get("IFLA_MTU") or 0, names.get(raw.get("IFLA_MASTER"))))
-            if toward is None:
-                return
-            try:
-                found = ipr.route("get", dst=toward)
-            except NetlinkError as exc:
-                kind = {errno.ENETUNREACH: "none", errno.EHOSTUNREACH: "unreachable",
-                        errno.EACCES: "prohibit", errno.EINVAL: "blackhole"}.get(exc.code,
-                                                                               "none")
-                state.routes.append(RouteState(place.label, toward, kind, None, None, None))
-                return
-            route = found[0]
-            metrics = route.get("RTA_METRICS") or {}
-            oif = route.get("RTA_OIF")
-            entry = RouteState(place.label, toward, ROUTE_TYPES.get(route["type"], "unicast"),
-                               names.get(oif), route.get("RTA_GATEWAY"),
-                               metrics.get("RTAX_MTU") if hasattr(metrics, "get") else None)
-            state.routes.append(entry)
-            if entry.kind != "unicast" or oif is None:
-                return
-            found_neigh = [n for n in ipr.get_neighbours(ifindex=oif)
-                           if n.get("NDA_DST") == entry.next_hop]
-            nud = found_neigh[0]["state"] if found_neigh else None
-            state.neighbours.append(NeighbourState(
-                place.label, names.get(oif), entry.next_hop,
-                None if nud is None else _nud_name(nud)))
+            for i, toward in enumerate(towards):
+                entry, oif = _route(ipr, place, toward, names)
+                state.routes.append(entry)
+                if i == 0 and entry.kind == "unicast" and oif is not None:
+                    found = [n for n in ipr.get_neighbours(ifindex=oif)
+                             if n.get("NDA_DST") == entry.next_hop]
+                    nud = found[0]["state"] if found else None
+                    state.neighbours.append(NeighbourState(
+                        place.label, names.get(oif), entry.next_hop,
+                        None if nud is None else _nud_name(nud)))
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _route(ipr, place: Place, toward: str, names: dict) -> tuple[RouteState, int | None]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        route = ipr.route("get", dst=toward)[0]
+    except NetlinkError as exc:
+        kind = {errno.ENETUNREACH: "none", errno.EHOSTUNREACH: "unreachable",
+                errno.EACCES: "prohibit", errno.EINVAL: "blackhole"}.get(exc.code, "none")
+        return RouteState(place.label, toward, kind, None, None, None), None
+    metrics = route.get("RTA_METRICS") or {}
+    oif = route.get("RTA_OIF")
+    return RouteState(place.label, toward, ROUTE_TYPES.get(route["type"], "unicast"),
+                      names.get(oif), route.get("RTA_GATEWAY"),
+                      metrics.get("RTAX_MTU") if hasattr(metrics, "get") else None), oif
 
 
 def _nud_name(nud: int) -> str:
@@ -222,10 +226,13 @@ def parse_sockets(text: str, proto: str) -> list[Listener]:
 
 
 def _proc_address(hexed: str) -> str:
-    """/proc/net prints addresses as native-endian 32-bit words."""
+    """/proc/net prints addresses as native-endian 32-bit words; an IPv6
+    socket bound to an IPv4-mapped address serves that IPv4 address."""
     raw = bytes.fromhex(hexed)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(words))
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 def _listeners(place: Place, proto: str) -> list[Listener]:
@@ -245,16 +252,17 @@ def masquerade_rules(counters: dict) -> list[str]:
             if c.table == "nat" and c.target == "MASQUERADE"]
 
 
-def collect(topo: Topology, places: list[tuple[Place, str | None]],
+def collect(topo: Topology, places: list[tuple[Place, tuple[str, ...]]],
             containers: Iterable[Container], listen_place: Place | None, proto: str | None,
             rule_counters: dict | None = None) -> PathState:
-    """Read the state of `places` (each with the address its route should
-    reach), the bridge ports of `containers`, and listeners at
+    """Read the state of `places` (each with the addresses its routes should
+    reach: the first is the probe's way, the host's second is its way back to
+    the source), the bridge ports of `containers`, and listeners at
     `listen_place` for a TCP/UDP probe."""
     state = PathState(places=[p.label for p, _ in places])
-    for place, toward in places:
+    for place, towards in places:
         try:
-            _netlink_state(place, toward, state)
+            _netlink_state(place, towards, state)
         except OSError as exc:
             state.unreadable.append(f"{place.label}: {exc}")
     for container in containers:

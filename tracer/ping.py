@@ -305,6 +305,8 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
                 # Counters only matter when it did not get through.
                 after = rules.snapshot() if counted and not answered else {}
                 verdicts = nft.stop(drain=not answered)   # a verdict explains a failure
+            if not answered:   # a trace-ping killed mid-trace left its table: tidy up
+                nftrace.remove_leftovers()
             lost = reader.kernel_stats()["lost"]
             # Drop locations are symbolized later, for the drops that are shown:
             # reading kallsyms costs 0.1 s.
@@ -457,18 +459,18 @@ def _real_destination(result: Result, topo: Topology) -> Container | None:
 def _path_state(result: Result, topo: Topology, counters) -> pathstate.PathState:
     src, dst = result.source, result.destination
     target = _real_destination(result, topo)
-    places: list[tuple[pathstate.Place, str | None]] = [
+    own = tuple(src.container.networks.values()) if src.container else ()
+    places: list[tuple[pathstate.Place, tuple[str, ...]]] = [
         (pathstate.Place(src.label, src.netns_path, src.container.pid if src.container
-                         else None), dst.address)]
-    if src.netns_path is not None:
-        places.append((pathstate.Place(pathstate.HOST, None), dst.address))
+                         else None), (dst.address,))]
+    if src.netns_path is not None:   # the host's way on, and its way back to the source
+        places.append((pathstate.Place(pathstate.HOST, None), (dst.address, *own[:1])))
     listen_at = None
     if target is not None:
-        back = src.container.networks.get(next(iter(set(src.container.networks)
-                                                    & set(target.networks)), ""), None) \
-            if src.container else None
+        shared = [ip for net, ip in (src.container.networks.items() if src.container else ())
+                  if net in target.networks]
         listen_at = pathstate.Place(target.name, f"/proc/{target.pid}/ns/net", target.pid)
-        places.append((listen_at, back))
+        places.append((listen_at, tuple(shared[:1])))
     if result.dns_name and src.container and dst.address.startswith("127."):
         listen_at = places[0][0]        # docker's resolver listens inside the source's netns
     containers = [c for c in (src.container, target) if c is not None]

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pty
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -165,6 +166,28 @@ def _unused_address(docker_client, container) -> str:
     return candidate
 
 
+def test_strict_reverse_path_filtering_is_named(testbed, docker_client):
+    uplink = testbed.wan_host_ifname
+    check_route(testbed.wan_ip, [uplink])
+    rp_filter = Path("/proc/sys/net/ipv4/conf/docker0/rp_filter")
+    with probe_container(docker_client) as (source, _):
+        address = ip_of(source, "bridge")
+        saved = rp_filter.read_text()
+        # A stray, more specific host route: the way back to the container's
+        # address no longer leaves through docker0, where its packets come in.
+        subprocess.run(["ip", "route", "add", f"{address}/32", "dev", uplink], check=True)
+        try:
+            rp_filter.write_text("1")
+            code, result, _ = trace_ping(source.name, testbed.wan_ip, "--json")
+        finally:
+            rp_filter.write_text(saved)
+            subprocess.run(["ip", "route", "del", f"{address}/32", "dev", uplink], check=True)
+    assert code == 1
+    assert kinds(result)[0] == "rp-filter", result["hints"]
+    assert "reverse-path filtering (rp_filter=1) on docker0 drops what" in findings(result)[0]
+    assert f"routes {address} back via {uplink}, not docker0" in findings(result)[0]
+
+
 def test_a_missing_masquerade_rule_is_named(testbed):
     a = testbed.containers["a"]
     check_route(testbed.wan_ip, [testbed.wan_host_ifname])
@@ -246,6 +269,27 @@ def test_an_nftables_rule_is_named_with_table_chain_and_handle(testbed):
     leftovers = subprocess.run(["nft", "list", "tables"], capture_output=True,
                                text=True).stdout
     assert "cntrace_trace_" not in leftovers
+
+
+def test_a_failed_trace_removes_the_table_of_a_trace_ping_that_was_killed(testbed):
+    dead = _dead_pid()
+    subprocess.run(["nft", "add", "table", "inet", f"cntrace_trace_{dead}"], check=True)
+    try:
+        code, _, _ = trace_ping(testbed.containers["a"].name, f"{testbed.containers['b'].ip}:81",
+                                "--json")
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                text=True).stdout
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", f"cntrace_trace_{dead}"],
+                       capture_output=True)
+    assert code == 1 and f"cntrace_trace_{dead}" not in tables
+
+
+def _dead_pid() -> int:
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
 
 
 def test_on_a_terminal_the_path_is_drawn(testbed):

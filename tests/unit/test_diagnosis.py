@@ -295,3 +295,18 @@ def test_a_drop_on_the_path_stays_a_drop():
     pathtrace.separate_noise(trace, {fakes.HOST_NS, fakes.A_NS, fakes.B_NS}, fakes.A_NS,
                              fakes.B_NS, answered=False)
     assert len(trace.request_drops) == 1 and trace.noise == []
+
+
+def test_strict_rp_filter_with_a_way_back_elsewhere_is_named():
+    ports = [pathstate.BridgePort("a", "veth0aaaa", "bridge", "docker0", "docker0")]
+    back = pathstate.RouteState("host", "172.17.0.2", "unicast", "cntrace-wan0", None, None)
+    ctx = context(source="a", src_address="172.17.0.2")
+    hints = diagnosis.diagnose(pathtrace.PathTrace(), [], ctx, host(),
+                               state(bridge_ports=ports, routes=[back],
+                                     rp_filter={"docker0": 1}))
+    assert hints[0].kind == "rp-filter"
+    assert "routes 172.17.0.2 back via cntrace-wan0, not docker0" in hints[0].text
+    loose = diagnosis.diagnose(pathtrace.PathTrace(), [], ctx, host(),
+                               state(bridge_ports=ports, routes=[back],
+                                     rp_filter={"docker0": 2}))
+    assert "rp-filter" not in [h.kind for h in loose]
