@@ -6,11 +6,29 @@ down what they created, engine included.
 
 import os
 import shutil
+import tempfile
 
 import docker
 import pytest
 
+from tracer.bpfcache import CACHE_DIR_ENV
 from tracer.testbed import DockerEngine, Testbed, TestbedInfo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bpf_compile_cache():
+    """The session's own BPF compile cache (inherited by every cntrace the
+    tests start), so the host's /var/cache is left as it was."""
+    if CACHE_DIR_ENV in os.environ:
+        yield os.environ[CACHE_DIR_ENV]
+        return
+    directory = tempfile.mkdtemp(prefix="cntrace-bpf-cache-")
+    os.environ[CACHE_DIR_ENV] = directory
+    try:
+        yield directory
+    finally:
+        del os.environ[CACHE_DIR_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _require_root_and_docker() -> None:

@@ -35,6 +35,7 @@ class Attributor:
         refresh_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         topology: Topology | None = None,
+        refresh_for: Callable[[int], bool] | None = None,
     ) -> None:
         self._discover = discover
         self._drop_reasons = drop_reasons or {}
@@ -42,6 +43,8 @@ class Attributor:
         self._refresh_interval = refresh_interval
         self._clock = clock
         self.topology = topology or discover()   # a caller's fresh one saves a discovery
+        # Which netns an unknown device is worth a rediscovery for (default: any).
+        self._refresh_for = refresh_for or (lambda netns: True)
         self._refreshed_at = clock()
         self.unknown_devices = 0
 
@@ -53,7 +56,8 @@ class Attributor:
         if not ifindex:
             return None
         iface = self.topology.lookup(netns, ifindex)
-        if iface is None and self._clock() - self._refreshed_at >= self._refresh_interval:
+        if iface is None and self._clock() - self._refreshed_at >= self._refresh_interval \
+                and self._refresh_for(netns):
             self.refresh()
             iface = self.topology.lookup(netns, ifindex)
         if iface is None:

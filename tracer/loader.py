@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracer import bpflink, features
+from tracer import bpfcache, bpflink, features
 from tracer.btf import Btf
 from tracer.errors import KernelFeatureError, PrivilegeError
 from tracer.kernel_layout import KernelLayout, drop_reasons, resolve
@@ -113,8 +113,10 @@ def check_privileges(status_path: str = "/proc/self/status") -> None:
                          "and CAP_NET_ADMIN)")
 
 
-def program_source(bpf_dir: Path = BPF_DIR) -> str:
-    """All bpf/*.bpf.c as one translation unit, local headers inlined once."""
+def program_source(bpf_dir: Path = BPF_DIR, maps_only: bool = False) -> str:
+    """All bpf/*.bpf.c as one translation unit, local headers inlined once.
+    maps_only: the headers alone (every map is declared there, no program
+    is), for a cached compile (tracer.bpfcache)."""
     seen: set[str] = set()
 
     def inline(text: str) -> str:
@@ -127,7 +129,12 @@ def program_source(bpf_dir: Path = BPF_DIR) -> str:
 
         return _LOCAL_INCLUDE.sub(replace, text)
 
-    return "\n".join(inline(path.read_text()) for path in sorted(bpf_dir.glob("*.bpf.c")))
+    def top(path: Path) -> str:
+        text = path.read_text()
+        return "\n".join(m.group(0) for m in _LOCAL_INCLUDE.finditer(text)) if maps_only \
+            else text
+
+    return "\n".join(inline(top(path)) for path in sorted(bpf_dir.glob("*.bpf.c")))
 
 
 @dataclass
@@ -235,6 +242,7 @@ class Compiled:
     nat: NatChoice
     netfilter: bool
     daemon: bool
+    cached: bool = False     # programs from tracer.bpfcache, no full compile
 
 
 def compile_programs(
@@ -254,13 +262,58 @@ def compile_programs(
     if flow_table_size is not None:
         cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
                    f"-DMAX_CONTAINERS={MAX_CONTAINERS}"]
+    source = program_source()
+    # bcc attaches kfunc__/kretfunc__ functions (FENTRY) as it loads them:
+    # those are compiled every time, the others come from the cache.
+    key = None if nat.mechanism == FENTRY else \
+        bpfcache.cache_key(source, cflags, _bcc_version())
+    daemon = flow_table_size is not None
+    cached = bpfcache.load(key) if key else None
+    if cached:
+        try:
+            with _COMPILING:
+                bpf = BPF(text=program_source(maps_only=True), cflags=cflags)
+            try:
+                bpfcache.install(bpf, cached, _program_types())
+            except BaseException:
+                bpf.cleanup()
+                raise
+            return Compiled(bpf, nat, netfilter, daemon, cached=True)
+        except Exception:  # bcc's bare Exception, or a refused program: compile it all
+            pass
     try:
-        # bcc attaches kfunc__/kretfunc__ functions (FENTRY) as it loads them.
         with _COMPILING:
-            bpf = BPF(text=program_source(), cflags=cflags)
+            bpf = BPF(text=source, cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile/load failure
         raise KernelFeatureError(f"cannot compile or load the BPF programs: {exc}") from exc
-    return Compiled(bpf, nat, netfilter, flow_table_size is not None)
+    if key:
+        functions = [f for f in _program_types() if _has_function(bpf, f)]
+        bpfcache.save(bpf, key, bpfcache.map_names(source), functions)
+    return Compiled(bpf, nat, netfilter, daemon)
+
+
+def _bcc_version() -> str:
+    from bcc import __version__
+
+    return __version__
+
+
+def _program_types() -> dict[str, tuple[int, int]]:
+    """Every program we may load, with its BPF program and attach type."""
+    from bcc import BPF
+
+    from tracer import tclink
+
+    types = {function: (BPF.RAW_TRACEPOINT, -1) for function, _ in RAW_TRACEPOINTS.values()}
+    types[NETFILTER_FUNCTION] = (bpflink.BPF_PROG_TYPE_NETFILTER, bpflink.BPF_NETFILTER)
+    types.update({function: (BPF.SCHED_CLS, -1) for function in tclink.TC_FUNCTIONS})
+    return types
+
+
+def _has_function(bpf, function: str) -> bool:
+    from bcc import libbcc
+
+    return bool(libbcc.lib.bpf_function_start(bpf.module, function.encode()))
 
 
 def attach(

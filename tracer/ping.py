@@ -164,6 +164,7 @@ class Result:
     nft_detail: str = ""                          # why nftables tracing was not available
     dns_name: str | None = None
     size: int | None = None
+    bpf_cache: str = "miss"                      # "hit": programs from tracer.bpfcache
 
     @property
     def answered(self) -> bool:
@@ -213,6 +214,7 @@ class Result:
             "firewall_rules": [rules.describe(h) for h in self.rule_hits if h.drops]
             + [v.describe() for v in self.nft_verdicts if v.drops],
             "nft_trace": self.nft_detail or "on",
+            "bpf_cache": self.bpf_cache,
             "size": self.size,
             "dns": self._dns_dict(),
             "state": self.state.to_dict() if self.state else None,
@@ -274,7 +276,7 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
     pool.shutdown(wait=False)
     try:
         client = topology.docker_client()
-        topo = topology.discover(client)
+        topo = topology.discover(client, wanted=_involved(req))
         src = resolve_source(req.source, topo, client)
         dst, port = _destination(req, src, topo, client)
         for stopped in (src, dst):
@@ -310,8 +312,13 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
             lost = reader.kernel_stats()["lost"]
             # Drop locations are symbolized later, for the drops that are shown:
             # reading kallsyms costs 0.1 s.
-            attributor = Attributor(lambda: topology.discover(client), tracer.drop_reasons,
-                                    topology=topo)
+            # The trace may cross a container whose netns was not read (where
+            # DNAT sent the probe): read them all, once, if an event needs it.
+            unread = {c.netns for c in topo.containers.values()
+                      if not topo.container_interfaces(c.id)}
+            everything = _once(lambda: topology.discover(client))
+            attributor = Attributor(everything, tracer.drop_reasons, topology=topo,
+                                    refresh_interval=0, refresh_for=lambda netns: netns in unread)
             items = [attributor.attribute(e) for e in events]
         finally:
             tracer.close()
@@ -321,7 +328,9 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
                      rules.diff(before, after) if after else [], lost, topo, req)
     _locate_drops(result.trace, tracer.symbolize, req.verbose or req.as_json)
     result.nft_verdicts, result.nft_detail = verdicts, nft.why_not
-    if not result.reachable:
+    result.bpf_cache = "hit" if compiled.cached else "miss"
+    if not result.reachable:   # the evidence wants every container's devices
+        topo = everything()
         result.state = _path_state(result, topo, after or rules.snapshot(tables=("nat",)))
         result.hints = diagnosis.diagnose(result.trace, result.rule_hits,
                                           _context(result, topo), state=result.state)
@@ -331,6 +340,37 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
         draw = out.isatty() if req.picture is None else req.picture
         print(render(result, color=out.isatty(), verbose=req.verbose, picture=draw), file=out)
     return EXIT_REACHABLE if result.reachable else EXIT_UNREACHABLE
+
+
+def _involved(req: Request):
+    """The containers a trace-ping is about, by name, id or address: the
+    only ones whose netns it reads before the probe."""
+    refs = {req.source.lstrip("/")}
+    if req.destination:
+        host, _ = split_destination(req.destination)
+        refs.add(host.lstrip("/"))
+
+    def wanted(attrs: dict) -> bool:
+        name, ident = attrs.get("Name", "").lstrip("/"), attrs.get("Id", "")
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        addresses = {a for net in networks.values() for a in
+                     (net.get("IPAddress"), net.get("GlobalIPv6Address")) if a}
+        return any(ref in (name, *addresses) or (len(ref) >= 4 and ident.startswith(ref))
+                   for ref in refs)
+
+    return wanted
+
+
+def _once(function):
+    """function(), computed on the first call only."""
+    memo: list = []
+
+    def call():
+        if not memo:
+            memo.append(function())
+        return memo[0]
+
+    return call
 
 
 def _discard(future) -> None:
