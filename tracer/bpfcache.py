@@ -79,9 +79,9 @@ def relocate(insns: bytes, refs: Iterable[tuple[int, str]], fds: Mapping[str, in
 
 
 def _bcc():
-    from bcc import BPF, __version__, libbcc
+    from bcc import BPF, libbcc
 
-    return BPF, libbcc.lib, __version__
+    return BPF, libbcc.lib
 
 
 def save(bpf, key: str, names: Iterable[str], functions: Iterable[str]) -> bool:
@@ -91,7 +91,7 @@ def save(bpf, key: str, names: Iterable[str], functions: Iterable[str]) -> bool:
     directory = cache_dir()
     if directory is None:
         return False
-    _, lib, _ = _bcc()
+    _, lib = _bcc()
     by_fd = {lib.bpf_table_fd(bpf.module, name.encode()): name for name in names}
     programs = {}
     for function in functions:
@@ -139,7 +139,7 @@ def install(bpf, programs: Mapping[str, dict], types: Mapping[str, tuple[int, in
     """Load the cached programs into the maps of `bpf` (a maps-only compile)
     and register them as bcc's own, so attach_raw_tracepoint and load_func
     find them.  OSError if the kernel refuses one."""
-    BPF, lib, _ = _bcc()
+    BPF, lib = _bcc()
     fds = {name: lib.bpf_table_fd(bpf.module, name.encode())
            for program in programs.values() for _, name in program["maps"]}
     if any(fd < 0 for fd in fds.values()):

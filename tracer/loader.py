@@ -293,9 +293,9 @@ def compile_programs(
 
 
 def _bcc_version() -> str:
-    from bcc import __version__
+    import bcc
 
-    return __version__
+    return str(getattr(bcc, "__version__", "unknown"))
 
 
 def _program_types() -> dict[str, tuple[int, int]]:

@@ -111,9 +111,20 @@ def bpf_links(prog_ids: set[int]) -> dict[int, dict]:
 
 
 def percpu_array(map_id: int) -> dict[int, int]:
-    """A per-CPU array of u64, summed over CPUs: index -> total."""
-    return {entry["formatted"]["key"]: sum(v["value"] for v in entry["formatted"]["values"])
-            for entry in bpftool("map", "dump", "id", str(map_id))}
+    """A per-CPU array of u64, summed over CPUs: index -> total.  bpftool
+    decodes it when the map has BTF; a cached compile's maps may have none,
+    and then it prints the raw little-endian bytes."""
+    def number(raw: list[str]) -> int:
+        return int.from_bytes(bytes(int(byte, 16) for byte in raw), "little")
+
+    totals = {}
+    for entry in bpftool("map", "dump", "id", str(map_id)):
+        if "formatted" in entry:
+            entry = entry["formatted"]
+            totals[entry["key"]] = sum(v["value"] for v in entry["values"])
+        else:
+            totals[number(entry["key"])] = sum(number(v["value"]) for v in entry["values"])
+    return totals
 
 
 def rss_kib(pid: int) -> int:
