@@ -83,7 +83,8 @@ def draw(result) -> list[str]:
     stopped = not result.reachable and not result.answered
     if not columns:
         columns = [(result.source.label, ["(nothing seen)"])]
-    reached_dst = dst.container is not None and columns[-1][0] == dst.container.name
+    reached_dst = (dst.container is not None and columns[-1][0] == dst.container.name) or \
+        any(h.item.event.hook == "INPUT" for h in trace.request)   # an address of a netns crossed
     if stopped:
         why = (f"X {trace.request_drops[0].item.drop_reason}" if trace.request_drops
                else "X stopped here")

@@ -511,6 +511,9 @@ def _path_state(result: Result, topo: Topology, counters) -> pathstate.PathState
                   if net in target.networks]
         listen_at = pathstate.Place(target.name, f"/proc/{target.pid}/ns/net", target.pid)
         places.append((listen_at, tuple(shared[:1])))
+    elif any(h.item.event.hook == "INPUT" and h.item.event.netns == topo.host_netns
+             for h in result.trace.request):
+        listen_at = pathstate.Place(pathstate.HOST, None)   # the host's own address
     if result.dns_name and src.container and dst.address.startswith("127."):
         listen_at = places[0][0]        # docker's resolver listens inside the source's netns
     containers = [c for c in (src.container, target) if c is not None]
