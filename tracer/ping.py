@@ -310,10 +310,10 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
             if not answered:   # a trace-ping killed mid-trace left its table: tidy up
                 nftrace.remove_leftovers()
             lost = reader.kernel_stats()["lost"]
-            # Drop locations are symbolized later, for the drops that are shown:
-            # reading kallsyms costs 0.1 s.
             # The trace may cross a container whose netns was not read (where
             # DNAT sent the probe): read them all, once, if an event needs it.
+            # Drop locations are symbolized later, for the drops that are
+            # shown: reading kallsyms costs 0.1 s.
             unread = {c.netns for c in topo.containers.values()
                       if not topo.container_interfaces(c.id)}
             everything = _once(lambda: topology.discover(client))
