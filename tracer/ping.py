@@ -4,6 +4,7 @@ say where and why it stopped."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -316,7 +317,7 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
             # shown: reading kallsyms costs 0.1 s.
             unread = {c.netns for c in topo.containers.values()
                       if not topo.container_interfaces(c.id)}
-            everything = _once(lambda: topology.discover(client))
+            everything = functools.cache(lambda: topology.discover(client))
             attributor = Attributor(everything, tracer.drop_reasons, topology=topo,
                                     refresh_interval=0, refresh_for=lambda netns: netns in unread)
             items = [attributor.attribute(e) for e in events]
@@ -331,9 +332,11 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
     result.bpf_cache = "hit" if compiled.cached else "miss"
     if not result.reachable:   # the evidence wants every container's devices
         topo = everything()
-        result.state = _path_state(result, topo, after or rules.snapshot(tables=("nat",)))
+        target = _real_destination(result, topo)
+        result.state = _path_state(result, topo, target,
+                                   after or rules.snapshot(tables=("nat",)))
         result.hints = diagnosis.diagnose(result.trace, result.rule_hits,
-                                          _context(result, topo), state=result.state)
+                                          _context(result, topo, target), state=result.state)
     if req.as_json:
         print(json.dumps(result.to_dict(), indent=2), file=out)
     else:
@@ -359,18 +362,6 @@ def _involved(req: Request):
                    for ref in refs)
 
     return wanted
-
-
-def _once(function):
-    """function(), computed on the first call only."""
-    memo: list = []
-
-    def call():
-        if not memo:
-            memo.append(function())
-        return memo[0]
-
-    return call
 
 
 def _discard(future) -> None:
@@ -464,8 +455,7 @@ def _result(src, dst, proto, port, identity, sock, items, hits, lost, topo,
     path = {topo.host_netns, src_netns} | ({dst_netns} if dst_netns else set())
     if not dst.container:   # after DNAT the probe may end in a container: its netns is on it
         path |= {h.item.event.netns for h in trace.request}
-    pathtrace.separate_noise(trace, path, src_netns, dst_netns,
-                             answered=any(o.rtt_ns for o in outcomes))
+    pathtrace.separate_noise(trace, path, src_netns, dst_netns, answered=result.answered)
     return result
 
 
@@ -496,9 +486,9 @@ def _real_destination(result: Result, topo: Topology) -> Container | None:
     return None
 
 
-def _path_state(result: Result, topo: Topology, counters) -> pathstate.PathState:
+def _path_state(result: Result, topo: Topology, target: Container | None,
+                counters) -> pathstate.PathState:
     src, dst = result.source, result.destination
-    target = _real_destination(result, topo)
     own = tuple(src.container.networks.values()) if src.container else ()
     places: list[tuple[pathstate.Place, tuple[str, ...]]] = [
         (pathstate.Place(src.label, src.netns_path, src.container.pid if src.container
@@ -520,10 +510,9 @@ def _path_state(result: Result, topo: Topology, counters) -> pathstate.PathState
     return pathstate.collect(topo, places, containers, listen_at, result.proto, counters)
 
 
-def _context(result: Result, topo: Topology) -> diagnosis.Context:
+def _context(result: Result, topo: Topology, target: Container | None) -> diagnosis.Context:
     src, dst, trace = result.source, result.destination, result.trace
     outcomes = result.outcomes
-    target = _real_destination(result, topo)
     src_nets = tuple(topo.networks[n] for n in (src.container.networks if src.container
                                                 else ()) if n in topo.networks)
     outside = dst.container is None and target is None and not any(

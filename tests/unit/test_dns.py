@@ -162,17 +162,17 @@ def test_random_records_after_a_valid_header_never_raise(flags, ancount, tail):
 
 # --- build_query ----------------------------------------------------------------------
 
-EXAMPLE_A = (b"\x12\x34"            # id
-             b"\x01\x00"            # flags: RD
-             b"\x00\x01\x00\x00\x00\x00\x00\x00"   # one question, no records
-             b"\x07example\x03com\x00"
-             b"\x00\x01\x00\x01")   # type A, class IN
+QUERY_A = (b"\x12\x34"            # id
+           b"\x01\x00"            # flags: RD
+           b"\x00\x01\x00\x00\x00\x00\x00\x00"   # one question, no records
+           b"\x02db\x07cntrace\x04test\x00"
+           b"\x00\x01\x00\x01")   # type A, class IN
 
 
 @pytest.mark.parametrize("name, txid, qtype, expected", [
-    ("example.com", 0x1234, QTYPE_A, EXAMPLE_A),
-    ("example.com.", 0x1234, QTYPE_A, EXAMPLE_A),
-    ("example.com", 0x1234, QTYPE_AAAA, EXAMPLE_A[:-4] + b"\x00\x1c\x00\x01"),
+    ("db.cntrace.test", 0x1234, QTYPE_A, QUERY_A),
+    ("db.cntrace.test.", 0x1234, QTYPE_A, QUERY_A),
+    ("db.cntrace.test", 0x1234, QTYPE_AAAA, QUERY_A[:-4] + b"\x00\x1c\x00\x01"),
     ("Web", 0, QTYPE_A, b"\x00\x00\x01\x00\x00\x01" + b"\x00" * 6 + b"\x03Web\x00\x00\x01\x00\x01"),
     ("_dns.my-host-1", 0xFFFF, QTYPE_A,
      b"\xff\xff\x01\x00\x00\x01" + b"\x00" * 6 + b"\x04_dns\x09my-host-1\x00\x00\x01\x00\x01"),

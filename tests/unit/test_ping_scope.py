@@ -30,9 +30,3 @@ def test_an_outside_destination_and_a_dns_probe_read_only_the_source():
             for c in (WEB, DB, OTHER)] == [True, False, False]
     assert [ping._involved(ping.Request("web", None, dns="db"))(c)
             for c in (WEB, DB, OTHER)] == [True, False, False]
-
-
-def test_once_computes_once():
-    calls = []
-    once = ping._once(lambda: calls.append(1) or len(calls))
-    assert (once(), once(), calls) == (1, 1, [1])
