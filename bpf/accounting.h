@@ -1,17 +1,28 @@
 /* The daemon's exact counters, compiled in only with -DCOUNT_METRICS (the
  * daemon build, whose only event stream is drops).
  *
- * Cost comes first: the daemon sees every packet on the host, so each hook
- * leaves at the first cheap check that says "nothing to count here" -- a
- * device that is not a container's, a packet whose conntrack entry has no
- * NAT -- before any header is parsed.
+ * Cost comes first: the daemon sees every packet on the host, and each one
+ * should cost it as little as the kernel allows.
  *
- * Every packet is counted once per container and direction, by tcx on the
- * container's host-side veth: tx when it leaves the container, rx when it
- * arrives, however many hops it crosses on the host.
- * NAT is counted at the netfilter hooks that follow the NAT table, drops at
- * kfree_skb.  The daemon maps containers to slots through container_ifaces
- * and container_addrs and reads these maps at scrape time.
+ * Every packet is counted once per container and direction by tc on the
+ * container's host-side veth (tcx, or classic tc where the kernel has no
+ * tcx; tracer/tclink.py links them): tx when it leaves the container, rx
+ * when it arrives, however many hops it crosses on the host.  Those
+ * programs read the headers in place, find the container in an array
+ * indexed by ifindex, and resolve the peer once per flow.
+ *
+ * NAT is counted from the conntrack entry netfilter already attached to the
+ * packet, where its translation is final (count_nat): on the way into a
+ * container, at its veth's egress; on the way out of the host, at the
+ * egress of the host's exit devices.  No netfilter program of ours runs:
+ * bridged container-to-container traffic passes netfilter (br_netfilter)
+ * twice, and a hook there costs every such packet.  Kernels whose tc
+ * programs cannot read the conntrack entry count NAT at the netfilter
+ * hooks instead (-DNAT_IN_NETFILTER, bpf/netfilter.bpf.c).
+ *
+ * Drops are counted at kfree_skb.  The daemon maps containers to slots
+ * through veth_slots, container_ifaces and container_addrs, and reads these
+ * maps at scrape time.
  */
 #ifndef CNTRACE_ACCOUNTING_H
 #define CNTRACE_ACCOUNTING_H
@@ -27,6 +38,7 @@
 #define IPS_DST_NAT_BIT (1 << 5)
 #define IP_CT_NEW 2
 #define IP_CT_IS_REPLY 3
+#define ETH_HLEN 14
 
 BPF_HASH(container_ifaces, struct iface_key, u32, MAX_CONTAINERS * 4);  /* drops */
 BPF_HASH(container_addrs, struct addr_key, u32, MAX_CONTAINERS * 4);
@@ -42,16 +54,23 @@ BPF_PERCPU_ARRAY(flows_opened, u64, MAX_CONTAINERS);
 BPF_ARRAY(slot_generation, u32, MAX_CONTAINERS);   /* bumped each time a slot changes owner */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE);
 
+/* Host veth ifindex -> slot + 1 (0: not a container's): an array, whose
+ * lookup the verifier inlines, for the ifindexes a host hands out first;
+ * a hash for the rest (ifindexes only grow as containers come and go).
+ * tracer/counters.py writes both. */
+#ifndef VETH_ARRAY_SIZE
+#define VETH_ARRAY_SIZE 65536
+#endif
+BPF_ARRAY(veth_slots, u32, VETH_ARRAY_SIZE);
+BPF_HASH(veth_slots_beyond, u32, u32, MAX_CONTAINERS * 4);
+/* The host's exit devices (tcx egress: SNAT on the way out) -> the length
+ * of their link-layer header, for IP-layer bytes. */
+BPF_HASH(exit_header_len, u32, u32, 1024);
+
 static __always_inline u32 *slot_of_addr(u8 *addr, u8 family)
 {
     struct addr_key key = make_addr_key(addr, family);
     return container_addrs.lookup(&key);
-}
-
-static __always_inline int is_host_addr(u8 *addr, u8 family)
-{
-    struct addr_key key = make_addr_key(addr, family);
-    return host_addrs.lookup(&key) != 0;
 }
 
 static __always_inline void add_traffic(struct traffic *t, u32 packets, u32 bytes)
@@ -110,14 +129,122 @@ static __always_inline u32 skb_segments(u64 skb)
     return segs ? segs : 1;
 }
 
-/* The remote end of a container's packet: another container's slot, the
- * host, or external. */
-static __always_inline u32 resolve_peer(u8 *remote, u8 family)
+/* NAT, from the conntrack entry netfilter already attached to the packet.
+ * Only packets in the connection's original direction count, and only the
+ * NAT in `wanted`: each place that counts takes the NAT that is final there,
+ * so a packet is counted once.  Returns the NAT status bits found (0: none
+ * to count, after two kernel reads), with the entry and its ctinfo.
+ * skb: the sk_buff (a tc program's ctx is one). */
+static __always_inline u64 nat_of(u64 skb, u32 wanted, u64 *ct, u32 *info)
 {
-    u32 *peer = slot_of_addr(remote, family);
+    u64 status = 0;
+#ifdef OFF_SKB_NFCT
+    u64 nfct = 0;
+    READ_KERNEL(nfct, skb, OFF_SKB_NFCT);
+    *ct = nfct & ~7ULL;   /* low bits: enum ip_conntrack_info */
+    *info = nfct & 7;
+    if (!*ct || *info >= IP_CT_IS_REPLY)
+        return 0;
+    READ_KERNEL(status, *ct, OFF_CT_STATUS);
+#endif
+    return status & wanted;
+}
+
+/* SNAT is counted for the container that sent the packet (the original
+ * source), DNAT for the container it was sent on to (the reply source), by
+ * the port it was sent to. */
+static __always_inline void count_nat(u64 ct, u32 info, u64 status, u8 family, u32 packets,
+                                      u32 bytes)
+{
+#ifdef OFF_SKB_NFCT
+    u8 addr[16] = {};
+    if (status & IPS_SRC_NAT_BIT) {
+        bpf_probe_read_kernel(addr, 16,
+                              (const void *)(ct + OFF_CT_ORIG_TUPLE + OFF_TUPLE_SRC_U3));
+        u32 *slot = slot_of_addr(addr, family);
+        if (slot) {
+            add_traffic(snat.lookup(slot), packets, bytes);
+            u64 *count = info == IP_CT_NEW ? snat_translations.lookup(slot) : 0;
+            if (count)
+                *count += 1;
+        }
+    }
+    if (status & IPS_DST_NAT_BIT) {
+        u16 port = 0;
+        u8 proto = 0;
+        bpf_probe_read_kernel(addr, 16,
+                              (const void *)(ct + OFF_CT_REPLY_TUPLE + OFF_TUPLE_SRC_U3));
+        READ_KERNEL(port, ct, OFF_CT_ORIG_TUPLE + OFF_TUPLE_DST_ALL);
+        READ_KERNEL(proto, ct, OFF_CT_ORIG_TUPLE + OFF_TUPLE_DST_PROTONUM);
+        u32 *slot = slot_of_addr(addr, family);
+        if (slot) {
+            struct dnat_key key = {.slot = *slot, .port = be16_to_host(port), .proto = proto};
+            bump_dnat(&key, packets, bytes, info == IP_CT_NEW);
+        }
+    }
+#endif
+}
+
+/* A drop belongs to the container whose interface the packet was on (a full
+ * socket buffer in b is b's drop), else to the container named by its
+ * addresses or, after SNAT, by its conntrack original source.  The daemon
+ * also gets an event: at most one per container and reason a second, so a
+ * drop storm costs user space nothing. */
+#define DROP_EVENT_INTERVAL_NS 1000000000ULL
+#define DROP_COUNTED 0       /* counted, no event due */
+#define DROP_EMIT 1          /* counted, and an event is due */
+#define DROP_UNATTRIBUTED 2  /* not on a container's interface: look at the addresses */
+BPF_HASH(drop_last_event, struct drop_key, u64, 16384);
+
+static __always_inline int count_drop(u32 slot, u32 reason)
+{
+    struct drop_key key = {.slot = slot, .reason = reason};
+    bump_drop(&key);
+    u64 now = bpf_ktime_get_ns();   /* kfree_skb: tracing programs have no coarse clock */
+    u64 *last = drop_last_event.lookup(&key);
+    if (last && now - *last < DROP_EVENT_INTERVAL_NS)
+        return DROP_COUNTED;
+    drop_last_event.update(&key, &now);
+    return DROP_EMIT;
+}
+
+/* Before any header is parsed: an IP packet on a container's interface. */
+static __always_inline int count_drop_on_device(struct cntrace_event *e, u64 skb, u64 dev)
+{
+    u16 protocol = 0;
+    READ_KERNEL(protocol, skb, OFF_SKB_PROTOCOL);
+    if (protocol != ETH_P_IP_BE && protocol != ETH_P_IPV6_BE)
+        return DROP_COUNTED;   /* not IP: not counted */
+    read_device(dev, &e->ifindex, &e->netns, 0);
+    struct iface_key ikey = {.netns = e->netns, .ifindex = e->ifindex};
+    u32 *slot = container_ifaces.lookup(&ikey);
+    return slot ? count_drop(*slot, e->drop_reason) : DROP_UNATTRIBUTED;
+}
+
+/* After the headers are parsed; returns 1 when an event is due. */
+static __always_inline int count_drop_by_address(struct cntrace_event *e, u64 skb)
+{
+    u32 *slot = slot_of_addr(e->saddr, e->family);
+    if (!slot)
+        slot = slot_of_addr(e->daddr, e->family);
+    if (!slot) {
+        read_conntrack(e, skb);
+        if (e->ct_proto)
+            slot = slot_of_addr(e->ct_orig_src, e->family);
+    }
+    return slot && count_drop(*slot, e->drop_reason) == DROP_EMIT;
+}
+
+/* ------------------------------------------------------------- flows */
+
+/* The remote end of a container's packet: another container's slot, the
+ * host, or external.  remote: an addr_key's bytes (IPv4-mapped). */
+static __always_inline u32 resolve_peer(u8 *remote)
+{
+    u32 *peer = container_addrs.lookup((struct addr_key *)remote);
     if (peer)
         return *peer;
-    return is_host_addr(remote, family) ? PEER_HOST : PEER_EXTERNAL;
+    return host_addrs.lookup((struct addr_key *)remote) ? PEER_HOST : PEER_EXTERNAL;
 }
 
 static __always_inline u32 generation_of(u32 peer)
@@ -158,7 +285,7 @@ static __always_inline int same_flow(struct flow_key *a, struct flow_key *b)
     return diff == 0;
 }
 
-static __always_inline u32 lookup_flow(struct flow_key *key, u8 *remote, u8 family, u64 now)
+static __always_inline u32 lookup_flow(struct flow_key *key, u64 now)
 {
     u32 slot = key->owner;
     struct flow_value *value = flows.lookup(key);
@@ -167,12 +294,12 @@ static __always_inline u32 lookup_flow(struct flow_key *key, u8 *remote, u8 fami
             value->last_ns = now;
         if (value->peer_generation == generation_of(value->peer))
             return value->peer;
-        value->peer = resolve_peer(remote, family);   /* the peer's slot changed owner */
+        value->peer = resolve_peer(key->remote_addr);   /* the peer's slot changed owner */
         value->peer_generation = generation_of(value->peer);
         return value->peer;
     }
     struct flow_value fresh = {.first_ns = now, .last_ns = now, .slot = slot,
-                               .peer = resolve_peer(remote, family)};
+                               .peer = resolve_peer(key->remote_addr)};
     fresh.peer_generation = generation_of(fresh.peer);
     int err = value ? flows.update(key, &fresh) : flows.insert(key, &fresh);
     if (err == 0) {
@@ -186,34 +313,18 @@ static __always_inline u32 lookup_flow(struct flow_key *key, u8 *remote, u8 fami
     return fresh.peer;
 }
 
-static __always_inline u32 account_flow(struct cntrace_event *e, u32 slot, int rx)
+/* The packet's peer, through the per-CPU cache, then the flow table. */
+static __always_inline u32 account_flow(struct flow_key *key, int rx)
 {
-    struct flow_key key = {.owner = slot, .proto = e->proto};
     u64 now = bpf_ktime_get_coarse_ns();
-    u8 *remote = rx ? e->saddr : e->daddr;
-    if (rx) {
-        __builtin_memcpy(key.local_addr, e->daddr, 16);
-        __builtin_memcpy(key.remote_addr, e->saddr, 16);
-        key.local_port = e->dport;
-        key.remote_port = e->sport;
-    } else {
-        __builtin_memcpy(key.local_addr, e->saddr, 16);
-        __builtin_memcpy(key.remote_addr, e->daddr, 16);
-        key.local_port = e->sport;
-        key.remote_port = e->dport;
-    }
-    if (e->proto == PROTO_ICMP || e->proto == PROTO_ICMPV6) {
-        key.local_port = e->sport;   /* echo id names the flow; seq does not */
-        key.remote_port = 0;
-    }
-    u32 index = (slot * 2 + rx) & (FLOW_CACHE_SIZE - 1);
+    u32 index = (key->owner * 2 + rx) & (FLOW_CACHE_SIZE - 1);
     struct flow_cache_entry *cached = flow_cache.lookup(&index);
-    if (cached && now - cached->checked_ns < FLOW_TOUCH_NS && same_flow(&cached->key, &key) &&
+    if (cached && now - cached->checked_ns < FLOW_TOUCH_NS && same_flow(&cached->key, key) &&
         cached->peer_generation == generation_of(cached->peer))
         return cached->peer;
-    u32 peer = lookup_flow(&key, remote, e->family, now);
+    u32 peer = lookup_flow(key, now);
     if (cached) {
-        cached->key = key;
+        cached->key = *key;
         cached->peer = peer;
         cached->peer_generation = generation_of(peer);
         cached->checked_ns = now;
@@ -221,144 +332,162 @@ static __always_inline u32 account_flow(struct cntrace_event *e, u32 slot, int r
     return peer;
 }
 
-/* After SNAT (POSTROUTING) and after DNAT (PREROUTING, OUTPUT): packets of
- * translated connections in their original direction, and new bindings. */
-static __always_inline void account_nat(struct cntrace_event *e, u64 skb, u32 bytes)
+/* ---------------------------------------------------- tc: container veths */
+
+static __always_inline void set_addr(u8 *key, u8 *addr, u8 family)
 {
-    read_conntrack(e, skb);
-    if (!e->ct_proto || e->ct_info >= IP_CT_IS_REPLY)
+    if (family == 4) {
+        key[10] = 0xff;   /* IPv4-mapped, as every address map is keyed */
+        key[11] = 0xff;
+        __builtin_memcpy(&key[12], addr, 4);
+    } else {
+        __builtin_memcpy(key, addr, 16);
+    }
+}
+
+/* The flow key from the IP header at l3 and the first 8 bytes after it at
+ * l4 (l4 0: none), as seen from the container (local: its side). */
+static __always_inline void fill_flow_key(struct flow_key *key, u8 *l3, u8 *l4, u8 family,
+                                          int rx)
+{
+    u8 *src = rx ? key->remote_addr : key->local_addr;
+    u8 *dst = rx ? key->local_addr : key->remote_addr;
+    if (family == 4) {
+        key->proto = l3[9];
+        set_addr(src, &l3[12], 4);
+        set_addr(dst, &l3[16], 4);
+        if ((l3[6] & 0x1f) | l3[7])
+            key->proto = 0;   /* a non-first fragment: no ports */
+    } else {
+        key->proto = l3[6];   /* extension headers are not walked */
+        set_addr(src, &l3[8], 6);
+        set_addr(dst, &l3[24], 6);
+    }
+    if (!key->proto || !l4)
         return;
-    u32 packets = skb_segments(skb);
-    if (e->hook == HOOK_NF_POST && (e->ct_status & IPS_SRC_NAT_BIT)) {
-        u32 *slot = slot_of_addr(e->ct_orig_src, e->family);
-        if (!slot)
-            return;
-        add_traffic(snat.lookup(slot), packets, bytes);
-        if (e->ct_info == IP_CT_NEW) {
-            u64 *count = snat_translations.lookup(slot);
-            if (count)
-                *count += 1;
-        }
-    } else if ((e->hook == HOOK_NF_PRE || e->hook == HOOK_NF_OUT) &&
-               (e->ct_status & IPS_DST_NAT_BIT)) {
-        u32 *slot = slot_of_addr(e->ct_reply_src, e->family);
-        if (!slot)
-            return;
-        struct dnat_key key = {.slot = *slot, .port = e->ct_orig_dport, .proto = e->ct_proto};
-        bump_dnat(&key, packets, bytes, e->ct_info == IP_CT_NEW);
+    if (key->proto == PROTO_ICMP || key->proto == PROTO_ICMPV6) {
+        key->local_port = (l4[4] << 8) | l4[5];   /* the echo id names the flow; seq does not */
+        return;
     }
+    u16 sport = (l4[0] << 8) | l4[1], dport = (l4[2] << 8) | l4[3];
+    key->local_port = rx ? dport : sport;
+    key->remote_port = rx ? sport : dport;
 }
 
-/* A drop belongs to the container whose interface the packet was on (a full
- * socket buffer in b is b's drop), else to the container named by its
- * addresses or, after SNAT, by its conntrack original source.  Returns 1 when
- * the daemon should also get an event: at most one per container and reason
- * a second, so a drop storm costs user space nothing. */
-#define DROP_EVENT_INTERVAL_NS 1000000000ULL
-BPF_HASH(drop_last_event, struct drop_key, u64, 16384);
-
-static __always_inline int account_drop(struct cntrace_event *e, u64 skb, u64 dev)
+/* The headers in place (direct packet access: the linear area, where a
+ * veth's packets carry them), else copied out with bpf_skb_load_bytes.
+ * Returns the family, 0 for a packet that is not IP. */
+static __always_inline u8 packet_flow_key(struct __sk_buff *skb, struct flow_key *key, int rx)
 {
-    read_device(dev, &e->ifindex, &e->netns, 0);
-    struct iface_key ikey = {.netns = e->netns, .ifindex = e->ifindex};
-    u32 *slot = container_ifaces.lookup(&ikey);
-    if (!slot)
-        slot = slot_of_addr(e->saddr, e->family);
-    if (!slot)
-        slot = slot_of_addr(e->daddr, e->family);
-    if (!slot) {
-        read_conntrack(e, skb);
-        if (e->ct_proto)
-            slot = slot_of_addr(e->ct_orig_src, e->family);
+    u8 family;
+    u32 l3_len;
+    if (skb->protocol == ETH_P_IP_BE) {
+        family = 4;
+        l3_len = 20;
+    } else if (skb->protocol == ETH_P_IPV6_BE) {
+        family = 6;
+        l3_len = 40;
+    } else {
+        return 0;
     }
-    if (!slot)
+    u8 *l3 = (u8 *)(long)skb->data + ETH_HLEN;
+    u8 *end = (u8 *)(long)skb->data_end;
+    if (family == 4 && l3 + 20 <= end) {
+        u8 *l4 = l3 + (l3[0] & 0x0f) * 4;
+        if (l4 + 8 <= end) {
+            fill_flow_key(key, l3, l4, 4, rx);
+            return 4;
+        }
+    } else if (family == 6 && l3 + 48 <= end) {
+        fill_flow_key(key, l3, l3 + 40, 6, rx);
+        return 6;
+    }
+    u8 headers[48] = {};   /* IP header (IPv4 options skipped), then 8 bytes of transport */
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, headers, l3_len))
         return 0;
-    struct drop_key key = {.slot = *slot, .reason = e->drop_reason};
-    bump_drop(&key);
-    u64 now = bpf_ktime_get_ns();
-    u64 *last = drop_last_event.lookup(&key);
-    if (last && now - *last < DROP_EVENT_INTERVAL_NS)
-        return 0;
-    drop_last_event.update(&key, &now);
-    return 1;
+    u32 l4_at = family == 4 ? (headers[0] & 0x0f) * 4 : 40;
+    u8 *l4 = bpf_skb_load_bytes(skb, ETH_HLEN + (l4_at & 0x3f), &headers[40], 8) ? 0
+                                                                                : &headers[40];
+    fill_flow_key(key, headers, l4, family, rx);
+    return family;
 }
 
-/* tcx on a container's host-side veth: ingress is what the container sent,
- * egress what it receives.  Runs only on container veths (2 program runs per
- * packet instead of one per device hop) and reads the packet with
- * bpf_skb_load_bytes, not kernel-memory probes: the daemon's main path. */
-BPF_HASH(tc_slots, u32, u32, MAX_CONTAINERS * 4);   /* host veth ifindex -> slot */
+static __always_inline u32 *veth_slot(u32 ifindex)
+{
+    if (ifindex < VETH_ARRAY_SIZE) {
+        u32 *stored = veth_slots.lookup(&ifindex);
+        return stored && *stored ? stored : 0;
+    }
+    return veth_slots_beyond.lookup(&ifindex);
+}
 
 static __always_inline void count_tc(struct __sk_buff *skb, int rx)
 {
-    u32 ifindex = skb->ifindex;
-    u32 *slot = tc_slots.lookup(&ifindex);
-    if (!slot)
+    u32 *stored = veth_slot(skb->ifindex);
+    if (!stored)
         return;
-    struct cntrace_event e = {.hook = rx ? HOOK_TC_EGRESS : HOOK_TC_INGRESS};
-    u8 l3[40] = {};
-    u32 ihl = 40;
-    if (skb->protocol == ETH_P_IP_BE) {
-        if (bpf_skb_load_bytes(skb, 14, l3, 20))
-            return;
-        e.family = 4;
-        e.proto = l3[9];
-        __builtin_memcpy(e.saddr, &l3[12], 4);
-        __builtin_memcpy(e.daddr, &l3[16], 4);
-        ihl = (l3[0] & 0x0f) * 4;
-        if ((l3[6] & 0x1f) | l3[7])
-            e.proto = 0;   /* a non-first fragment: no ports */
-    } else if (skb->protocol == ETH_P_IPV6_BE) {
-        if (bpf_skb_load_bytes(skb, 14, l3, 40))
-            return;
-        e.family = 6;
-        e.proto = l3[6];
-        __builtin_memcpy(e.saddr, &l3[8], 16);
-        __builtin_memcpy(e.daddr, &l3[24], 16);
-    } else {
+    u32 slot = *stored - 1;
+    struct flow_key key = {.owner = slot};
+    u8 family = packet_flow_key(skb, &key, rx);
+    if (!family)
         return;
-    }
-    u16 ports[4] = {};
-    if (e.proto && !bpf_skb_load_bytes(skb, 14 + (ihl & 0x7f), ports, 8)) {
-        if (e.proto == PROTO_ICMP || e.proto == PROTO_ICMPV6) {
-            e.sport = be16_to_host(ports[2]);   /* echo identifier */
-        } else {
-            e.sport = be16_to_host(ports[0]);
-            e.dport = be16_to_host(ports[1]);
-        }
-    }
     u32 packets = skb->gso_segs ? skb->gso_segs : 1;
-    u32 bytes = skb->len > 14 ? skb->len - 14 : 0;   /* IP-layer: less the Ethernet header */
-    u32 index = *slot * 2 + rx;
+    u32 bytes = skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;   /* IP-layer bytes */
+    u32 index = slot * 2 + rx;
     add_traffic(traffic.lookup(&index), packets, bytes);
-    struct peer_key pkey = {.slot = *slot, .peer = account_flow(&e, *slot, rx),
-                            .direction = rx};
+    struct peer_key pkey = {.slot = slot, .peer = account_flow(&key, rx), .direction = rx};
     bump_peer(&pkey, packets, bytes);
+#ifndef NAT_IN_NETFILTER
+    /* Into a container: DNAT brought it here, or SNAT rewrote it on its way
+     * from another container. */
+    u64 ct = 0;
+    u32 info = 0;
+    u64 status = rx ? nat_of((u64)skb, IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT, &ct, &info) : 0;
+    if (status)
+        count_nat(ct, info, status, family, packets, bytes);
+#endif
 }
 
-/* Netfilter hooks: only packets whose conntrack entry carries the NAT this
- * hook follows (SNAT at POSTROUTING, DNAT at PREROUTING/OUTPUT). */
-static __always_inline int count_nat(u64 skb, u8 hook)
+/* ------------------------------------------------ tc: the host's exits */
+
+/* On the way out of the host (the egress of each exit device; tracer/
+ * registry.py picks them): SNAT.  Host traffic without conntrack or NAT
+ * leaves after two kernel reads. */
+static __always_inline void count_leaving_host(struct __sk_buff *skb)
 {
-#ifdef OFF_SKB_NFCT
-    u64 nfct = 0, status = 0;
-    u32 len = 0;
+    u8 family = skb->protocol == ETH_P_IP_BE ? 4 : skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
+    if (!family)
+        return;
+    u64 ct = 0;
+    u32 info = 0;
+    u64 status = nat_of((u64)skb, IPS_SRC_NAT_BIT, &ct, &info);
+    if (!status)
+        return;
+    u32 ifindex = skb->ifindex;
+    u32 *header = exit_header_len.lookup(&ifindex);
+    u32 hlen = header ? *header : ETH_HLEN;
+    u32 bytes = skb->len > hlen ? skb->len - hlen : 0;
+    count_nat(ct, info, status, family, skb->gso_segs ? skb->gso_segs : 1, bytes);
+}
+
+/* ------------------------------------------- netfilter (NAT_IN_NETFILTER) */
+
+/* Kernels whose tc programs cannot read kernel memory: NAT at the netfilter
+ * hooks, right after the NAT table (SNAT at POSTROUTING, DNAT at PREROUTING
+ * and LOCAL_OUT). */
+static __always_inline int count_nat_at_hook(u64 skb, u8 hook)
+{
+    u64 ct = 0;
+    u32 info = 0;
+    u64 status = nat_of(skb, hook == HOOK_NF_POST ? IPS_SRC_NAT_BIT : IPS_DST_NAT_BIT, &ct,
+                        &info);
+    if (!status)
+        return 0;
     u16 protocol = 0;
-    READ_KERNEL(nfct, skb, OFF_SKB_NFCT);
-    u64 ct = nfct & ~7ULL;
-    if (!ct || (nfct & 7) >= IP_CT_IS_REPLY)
-        return 0;
-    READ_KERNEL(status, ct, OFF_CT_STATUS);
-    u32 wanted = hook == HOOK_NF_POST ? IPS_SRC_NAT_BIT : IPS_DST_NAT_BIT;
-    if (!(status & wanted))
-        return 0;
-    struct cntrace_event e = {.hook = hook};
+    u32 len = 0;
     READ_KERNEL(protocol, skb, OFF_SKB_PROTOCOL);
-    e.family = protocol == ETH_P_IPV6_BE ? 6 : 4;
-    read_conntrack(&e, skb);
     READ_KERNEL(len, skb, OFF_SKB_LEN);   /* at the IP layer, skb->data is the IP header */
-    account_nat(&e, skb, len);
-#endif
+    count_nat(ct, info, status, protocol == ETH_P_IPV6_BE ? 6 : 4, skb_segments(skb), len);
     return 0;
 }
 

@@ -43,7 +43,7 @@ static __always_inline u8 nf_hook_to_event_hook(u8 hook)
 static __always_inline int on_netfilter_hook(void *ctx, u64 skb, u64 state, u8 hook)
 {
 #ifdef COUNT_METRICS
-    count_nat(skb, nf_hook_to_event_hook(hook));   /* the daemon only counts NAT here */
+    count_nat_at_hook(skb, nf_hook_to_event_hook(hook));   /* the daemon's NAT_IN_NETFILTER */
     return 0;
 #else
     struct cntrace_event e = {};

@@ -330,6 +330,16 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
 {
     u16 protocol = 0;
     u32 len = 0;
+#ifdef COUNT_METRICS
+    /* The daemon counts every IP drop; a drop on a container's interface is
+     * counted before any header is read, and most of them end there. */
+    int drop = DROP_UNATTRIBUTED;
+    if (e->hook == HOOK_DROP) {
+        drop = count_drop_on_device(e, skb, dev);
+        if (drop == DROP_COUNTED)
+            return 0;
+    }
+#endif
     u64 l3 = locate_l3(skb, l3_from_data, &protocol);
     struct filter_config *cfg = active_filter();
 
@@ -342,7 +352,7 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     if (parse_ip(e, l3, protocol))
         return 0;
 #ifdef COUNT_METRICS
-    if (e->hook == HOOK_DROP && !account_drop(e, skb, dev))
+    if (drop == DROP_UNATTRIBUTED && !count_drop_by_address(e, skb))
         return 0;
 #endif
     if (cfg && !header_match(cfg, e))

@@ -1,6 +1,7 @@
-/* The daemon's per-container traffic counters: tcx programs linked by
- * tracer/tclink.py to each container's host-side veth.  Compiled only into
- * the daemon (COUNT_METRICS); they never change a verdict (TCX_NEXT). */
+/* The daemon's counting programs, linked by tracer/tclink.py: two on each
+ * container's host-side veth, one on the egress of each of the host's exit
+ * devices (where NAT is counted in tc).  Compiled only into the daemon
+ * (COUNT_METRICS); they never change a verdict (TCX_NEXT). */
 #include "skb.h"
 
 #ifdef COUNT_METRICS
@@ -17,4 +18,12 @@ int cntrace_tc_to_container(struct __sk_buff *skb)
     count_tc(skb, 1);
     return TCX_NEXT;
 }
+
+#ifndef NAT_IN_NETFILTER
+int cntrace_tc_leaving_host(struct __sk_buff *skb)
+{
+    count_leaving_host(skb);
+    return TCX_NEXT;
+}
+#endif
 #endif

@@ -67,18 +67,47 @@ def _link_create(attr: bytes) -> int:
     return _bpf(BPF_LINK_CREATE, attr)
 
 
+BPF_FUNC_PROBE_READ_KERNEL = 113
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def _return(result: int) -> bytes:
+    return _insn(0xB7, 0, imm=result) + _insn(0x95)   # r0 = result; exit
+
+
 def load_trivial_program(prog_type: int, expected_attach_type: int = 0,
                          attach_btf_id: int = 0, result: int = 0) -> int:
     """A program that only returns `result` (r0 = result; exit); its fd.
     The verifier has nothing to refuse in it, so whether it loads and links
     says whether the kernel has the program type and attach point."""
-    insns = struct.pack("<BBhi", 0xB7, 0, 0, result) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    return load_program(prog_type, _return(result), expected_attach_type, attach_btf_id)
+
+
+def load_kernel_reading_program(prog_type: int, result: int = 0) -> int:
+    """A program that reads 8 bytes of kernel memory at its context with
+    bpf_probe_read_kernel, then returns `result`: whether the kernel lets
+    this program type read the sk_buff its context is."""
+    insns = (_insn(0xBF, 6, 1)                 # r6 = ctx
+             + _insn(0xBF, 1, 10)              # r1 = fp
+             + _insn(0x07, 1, imm=-8)          # r1 += -8
+             + _insn(0xB7, 2, imm=8)           # r2 = 8
+             + _insn(0xBF, 3, 6)               # r3 = ctx
+             + _insn(0x85, imm=BPF_FUNC_PROBE_READ_KERNEL)
+             + _return(result))
+    return load_program(prog_type, insns)
+
+
+def load_program(prog_type: int, insns: bytes, expected_attach_type: int = 0,
+                 attach_btf_id: int = 0) -> int:
     insns_buf = ctypes.create_string_buffer(insns, len(insns))
     license_buf = ctypes.create_string_buffer(b"GPL")
     attr = bytearray(_ATTR_SIZE)
     # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license at
     # 0..23; prog_name at 48; expected_attach_type at 68; attach_btf_id at 108.
-    struct.pack_into("=IIQQ", attr, 0, prog_type, 2, ctypes.addressof(insns_buf),
+    struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(insns_buf),
                      ctypes.addressof(license_buf))
     struct.pack_into("=16s", attr, 48, b"cntrace_probe")
     struct.pack_into("=I", attr, 68, expected_attach_type)

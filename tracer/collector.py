@@ -163,7 +163,7 @@ class CntraceCollector:
         yield from self._nat(names)
         yield from self._drops(names)
         yield from self._flows(names)
-        yield from self._self_metrics(len(tracked))
+        yield from self._self_metrics(tracked)
 
     def _traffic(self, names):
         packets = CounterMetricFamily("cntrace_container_packets",
@@ -281,7 +281,7 @@ class CntraceCollector:
         yield opened
         yield active
 
-    def _self_metrics(self, containers: int):
+    def _self_metrics(self, tracked):
         stats = self._counters.stats()
         yield InfoMetricFamily("cntrace_build", "cntrace build information",
                                value={"version": __version__})
@@ -293,7 +293,14 @@ class CntraceCollector:
             attached.add_metric([hook.name, hook.mechanism], 1 if hook.attached else 0)
         yield attached
         yield GaugeMetricFamily("cntrace_containers", "Containers being accounted",
-                                value=containers)
+                                value=len(tracked))
+        devices = GaugeMetricFamily("cntrace_tc_devices", "Devices carrying the daemon's tc "
+                                    "counting programs: container veths, and the host's exit "
+                                    "devices (SNAT is counted as packets leave)",
+                                    labels=["kind"])
+        devices.add_metric(["veth"], sum(len(t.linked) for t in tracked.values()))
+        devices.add_metric(["exit"], len(self._registry.exits))
+        yield devices
         yield CounterMetricFamily("cntrace_events_received", "Events decoded from the ring "
                                   "buffer", value=self._stats.events_received)
         lost = CounterMetricFamily("cntrace_events_lost", "Events lost: in the kernel (ring "

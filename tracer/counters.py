@@ -7,7 +7,7 @@ import contextlib
 import ctypes
 from collections.abc import Iterator
 
-from tracer import wire
+from tracer import loader, tclink, wire
 from tracer.filters import addr_key
 from tracer.registry import LINKED, UNSUPPORTED
 
@@ -37,16 +37,41 @@ class BpfCounters:
         attacher = self._t.veth_programs
         if attacher is None:
             return UNSUPPORTED
-        self._t["tc_slots"][ctypes.c_uint32(ifindex)] = ctypes.c_uint32(slot)
-        result = attacher.attach(ifindex)
+        self._set_veth_slot(ifindex, slot + 1)   # 0 means "not a container's"
+        result = attacher.attach(ifindex, tclink.VETH)
         if result != LINKED:
-            self._delete("tc_slots", ctypes.c_uint32(ifindex))
+            self._set_veth_slot(ifindex, 0)
         return result
 
     def detach_veth(self, ifindex: int) -> None:
         if self._t.veth_programs is not None:
             self._t.veth_programs.detach(ifindex)
-        self._delete("tc_slots", ctypes.c_uint32(ifindex))
+        self._set_veth_slot(ifindex, 0)
+
+    def _set_veth_slot(self, ifindex: int, stored: int) -> None:
+        key = ctypes.c_uint32(ifindex)
+        if ifindex < loader.VETH_ARRAY_SIZE:
+            self._t["veth_slots"][key] = ctypes.c_uint32(stored)
+        elif stored:
+            self._t["veth_slots_beyond"][key] = ctypes.c_uint32(stored)
+        else:
+            self._delete("veth_slots_beyond", key)
+
+    def attach_exit(self, ifindex: int, header_len: int) -> str:
+        """Attach the SNAT counter to the egress of one of the host's exit
+        devices; UNSUPPORTED when NAT is counted at netfilter instead."""
+        if self._t.veth_programs is None or not self._t.nat_at_exits:
+            return UNSUPPORTED
+        self._t["exit_header_len"][ctypes.c_uint32(ifindex)] = ctypes.c_uint32(header_len)
+        result = self._t.veth_programs.attach(ifindex, tclink.EXIT)
+        if result != LINKED:
+            self._delete("exit_header_len", ctypes.c_uint32(ifindex))
+        return result
+
+    def detach_exit(self, ifindex: int) -> None:
+        if self._t.veth_programs is not None:
+            self._t.veth_programs.detach(ifindex)
+        self._delete("exit_header_len", ctypes.c_uint32(ifindex))
 
     # ------------------------------------------------------------- writing
     def set_iface(self, netns: int, ifindex: int, slot: int) -> None:

@@ -23,7 +23,8 @@ from tracer import bpflink
 NETFILTER_LINK = "netfilter-link"
 TCX = "tcx"
 FENTRY = "fentry"
-FEATURES = (NETFILTER_LINK, TCX, FENTRY)
+TC_CONNTRACK = "tc-conntrack"
+FEATURES = (NETFILTER_LINK, TCX, FENTRY, TC_CONNTRACK)
 DISABLE_VARIABLE = "CNTRACE_DISABLE_FEATURES"
 LOOPBACK_IFINDEX = 1
 NF_HOOK_FUNCTION = "nf_hook_slow"
@@ -76,6 +77,15 @@ def tcx() -> Probe:
         fds.append(bpflink.load_trivial_program(bpflink.BPF_PROG_TYPE_SCHED_CLS, result=-1))
         fds.append(bpflink.tcx_link_create(fds[0], LOOPBACK_IFINDEX, bpflink.BPF_TCX_INGRESS))
     return _try(TCX, attempt)
+
+
+def tc_conntrack() -> Probe:
+    """A tc program reading the sk_buff it runs on with
+    bpf_probe_read_kernel: how the daemon's tc programs find a packet's
+    conntrack entry, and so count NAT without a netfilter program."""
+    def attempt(fds: list[int]) -> None:
+        fds.append(bpflink.load_kernel_reading_program(bpflink.BPF_PROG_TYPE_SCHED_CLS, -1))
+    return _try(TC_CONNTRACK, attempt)
 
 
 def fentry(function_btf_id: int | None, function: str = NF_HOOK_FUNCTION) -> Probe:

@@ -71,6 +71,7 @@ NETFILTER_FUNCTION = "cntrace_netfilter"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
+VETH_ARRAY_SIZE = 65536    # host veth ifindexes looked up in an array (bpf/accounting.h)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Tracer:
     # The daemon's counting programs on container veths (tcx or classic tc),
     # attached per veth by tracer.counters; None outside the daemon.
     veth_programs: tclink.TcxLinks | tclink.ClassicTc | None = None  # the daemon's
+    nat_at_exits: bool = False   # the daemon's exit-device program is loaded
     _link_fds: list[int] = field(default_factory=list)
 
     def __getitem__(self, map_name: str):
@@ -243,6 +245,7 @@ class Compiled:
     netfilter: bool
     daemon: bool
     cached: bool = False     # programs from tracer.bpfcache, no full compile
+    nat_in_tc: bool = False  # the daemon counts NAT in its tc programs (bpf/accounting.h)
 
 
 def compile_programs(
@@ -257,17 +260,24 @@ def compile_programs(
     check_privileges()
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
+    daemon = flow_table_size is not None
+    # The daemon counts NAT in its tc programs when they can read the
+    # conntrack entry: no netfilter program of its own then.
+    nat_in_tc = daemon and netfilter and kernel.layout.has_conntrack and \
+        features.tc_conntrack().available
+    netfilter = netfilter and not nat_in_tc
     nat = choose_nat(kernel) if netfilter else NatChoice("", "not asked for")
     cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}", *nat.cflags()]
-    if flow_table_size is not None:
+    if daemon:
         cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
-                   f"-DMAX_CONTAINERS={MAX_CONTAINERS}"]
+                   f"-DMAX_CONTAINERS={MAX_CONTAINERS}", f"-DVETH_ARRAY_SIZE={VETH_ARRAY_SIZE}"]
+        if not nat_in_tc:
+            cflags.append("-DNAT_IN_NETFILTER")
     source = program_source()
     # bcc attaches kfunc__/kretfunc__ functions (FENTRY) as it loads them:
     # those are compiled every time, the others come from the cache.
     key = None if nat.mechanism == FENTRY else \
         bpfcache.cache_key(source, cflags, _bcc_version())
-    daemon = flow_table_size is not None
     cached = bpfcache.load(key) if key else None
     if cached:
         try:
@@ -278,7 +288,7 @@ def compile_programs(
             except BaseException:
                 bpf.cleanup()
                 raise
-            return Compiled(bpf, nat, netfilter, daemon, cached=True)
+            return Compiled(bpf, nat, netfilter, daemon, cached=True, nat_in_tc=nat_in_tc)
         except Exception:  # bcc's bare Exception, or a refused program: compile it all
             pass
     try:
@@ -289,7 +299,7 @@ def compile_programs(
     if key:
         functions = [f for f in _program_types() if _has_function(bpf, f)]
         bpfcache.save(bpf, key, bpfcache.map_names(source), functions)
-    return Compiled(bpf, nat, netfilter, daemon)
+    return Compiled(bpf, nat, netfilter, daemon, nat_in_tc=nat_in_tc)
 
 
 def _bcc_version() -> str:
@@ -330,7 +340,7 @@ def attach(
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(compiled.bpf, name))
         if compiled.daemon:
-            tracer.hooks.append(_load_veth_programs(tracer))
+            tracer.hooks.extend(_load_tc_programs(tracer, compiled.nat_in_tc))
         if compiled.netfilter:
             # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
             hooks = DAEMON_NETFILTER_HOOKS if compiled.daemon else NETFILTER_HOOKS
@@ -357,19 +367,22 @@ def load(
                   tracepoints)
 
 
-def _load_veth_programs(tracer: Tracer) -> HookStatus:
+def _load_tc_programs(tracer: Tracer, nat_in_tc: bool) -> list[HookStatus]:
     """Load the counting programs; the registry attaches them per container
-    veth, with tcx links where the kernel has them, else classic tc."""
-    name = "tc:container-veths"
-    lost = "lost: per-container traffic, peer and flow counters"
+    veth (and, when NAT is counted there, per exit device of the host), with
+    tcx links where the kernel has them, else classic tc."""
+    names = ["tc:container-veths"] + (["tc:exit-devices"] if nat_in_tc else [])
+    lost = "lost: per-container traffic, peer, flow and NAT counters"
     from tracer import tclink  # pyroute2 and the registry: the daemon's, not trace-ping's
 
     try:
         from bcc import BPF
 
-        programs = tuple(tracer.bpf.load_func(f, BPF.SCHED_CLS).fd for f in tclink.TC_FUNCTIONS)
+        programs = {f: tracer.bpf.load_func(f, BPF.SCHED_CLS).fd for f in tclink.TC_FUNCTIONS
+                    if nat_in_tc or f not in tclink.functions(tclink.EXIT)}
     except Exception as exc:  # bcc: bare Exception
-        return HookStatus(name, False, f"the kernel refused the tc programs ({exc}); {lost}")
+        return [HookStatus(n, False, f"the kernel refused the tc programs ({exc}); {lost}")
+                for n in names]
     tcx = features.tcx()
     if tcx.available:
         tracer.veth_programs = tclink.TcxLinks(programs)
@@ -377,11 +390,17 @@ def _load_veth_programs(tracer: Tracer) -> HookStatus:
         try:
             tracer.veth_programs = tclink.ClassicTc(programs)
         except OSError as exc:   # pyroute2's NetlinkError is an OSError
-            return HookStatus(name, False, f"no tcx ({tcx.detail}) and classic tc failed "
-                                           f"({exc}); {lost}")
+            return [HookStatus(n, False, f"no tcx ({tcx.detail}) and classic tc failed "
+                                         f"({exc}); {lost}") for n in names]
+    tracer.nat_at_exits = nat_in_tc
     attached = tracer.veth_programs
     detail = attached.detail if tcx.available else f"{attached.detail}; no tcx: {tcx.detail}"
-    return HookStatus(name, True, detail, attached.mechanism)
+    statuses = [HookStatus(names[0], True, detail, attached.mechanism)]
+    if nat_in_tc:
+        statuses.append(HookStatus(names[1], True, "SNAT from the conntrack entry of what "
+                                   "leaves the host; DNAT is counted on container veths",
+                                   attached.mechanism))
+    return statuses
 
 
 def _attach_raw_tracepoint(bpf, name: str) -> HookStatus:

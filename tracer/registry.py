@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tracer import wire
-from tracer.topology import ROLE_VETH_HOST, Container, Topology
+from tracer.topology import ARPHRD_ETHER, ROLE_HOST, ROLE_VETH_HOST, Container, Topology
 
 log = logging.getLogger("cntrace.registry")
 
@@ -49,6 +49,8 @@ class CounterMaps(Protocol):
     def clear_slot(self, slot: int) -> None: ...
     def attach_veth(self, ifindex: int, slot: int) -> str: ...
     def detach_veth(self, ifindex: int) -> None: ...
+    def attach_exit(self, ifindex: int, header_len: int) -> str: ...
+    def detach_exit(self, ifindex: int) -> None: ...
 
 
 def host_addresses(topo: Topology) -> set[str]:
@@ -60,6 +62,27 @@ def host_addresses(topo: Topology) -> set[str]:
         for address in iface.addresses:
             found.add(str(ipaddress.ip_interface(address).ip))
     return found
+
+
+# Devices stacked on others (or holding others): what leaves by one of them
+# leaves again by the device under it, where it is counted.  (ifb: what is
+# redirected to it comes back to the device it came from.)
+STACKED_KINDS = frozenset({"bridge", "bond", "team", "vlan", "macvlan", "macvtap", "ipvlan",
+                           "ipvtap", "vrf", "ifb"})
+LOOPBACK_IFINDEX = 1
+ETHERNET_HEADER_LEN = 14
+
+
+def exit_devices(topo: Topology) -> dict[int, int]:
+    """The host's exit devices: where a packet leaves the host netns for good
+    (physical NICs, veths to other namespaces, tun and wireguard devices), by
+    ifindex, with their link-layer header length.  SNAT is counted at their
+    egress (bpf/accounting.h).  Container veths count it themselves; a
+    bridge, bond or VLAN passes its packets on to a device below it."""
+    return {i.ifindex: ETHERNET_HEADER_LEN if i.link_type == ARPHRD_ETHER else 0
+            for i in topo.interfaces.values()
+            if i.netns == topo.host_netns and i.role == ROLE_HOST
+            and i.ifindex != LOOPBACK_IFINDEX and i.kind not in STACKED_KINDS}
 
 
 class Registry:
@@ -80,6 +103,7 @@ class Registry:
         self.topology: Topology | None = None
         self.attribution_failures = 0
         self._failed_veths: set[int] = set()   # counted once, retried each reconcile
+        self.exits: set[int] = set()             # exit devices carrying the SNAT counter
 
     def snapshot(self) -> dict[int, Tracked]:
         with self._lock:
@@ -93,6 +117,7 @@ class Registry:
         with self._lock:
             self.topology = topo
             self._maps.set_host_addrs(host_addresses(topo))
+            self._update_exits(exit_devices(topo))   # first: an exit may now be a container's
             for cid in list(self._by_id):
                 if cid not in topo.containers:
                     gone.append(self._remove(cid))
@@ -114,6 +139,19 @@ class Registry:
             self._failed_veths &= {i.ifindex for i in topo.interfaces.values()
                                    if i.role == ROLE_VETH_HOST}
         return started, gone
+
+    def _update_exits(self, exits: dict[int, int]) -> None:
+        for ifindex in self.exits - exits.keys():
+            self._maps.detach_exit(ifindex)
+            self.exits.discard(ifindex)
+        for ifindex, header_len in exits.items():
+            if ifindex in self.exits:
+                continue
+            result = self._maps.attach_exit(ifindex, header_len)
+            if result == LINKED:
+                self.exits.add(ifindex)
+            elif result == FAILED:   # retried at the next reconcile
+                log.warning("exit device %d refused the SNAT counter", ifindex)
 
     def _allocate(self) -> int | None:
         slot = next(self._fresh, None)

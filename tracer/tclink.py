@@ -1,4 +1,5 @@
-"""The daemon's counting programs on each container's host-side veth.
+"""The daemon's counting programs on each container's host-side veth (both
+directions) and on the egress of each of the host's exit devices.
 
 Two mechanisms behind one interface (attach / detach / close), chosen by
 tracer/loader.py from tracer/features.py's probes:
@@ -33,11 +34,26 @@ log = logging.getLogger(__name__)
 
 _GONE_ERRNOS = (errno.ENODEV, errno.ENXIO, errno.ENOENT)
 
-# From the container / to the container: the host veth's ingress / egress.
-TC_FUNCTIONS = ("cntrace_tc_from_container", "cntrace_tc_to_container")
+INGRESS, EGRESS = "ingress", "egress"
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
 TC_H_CLSACT_EGRESS = 0xFFFFFFF3
 CLSACT_PARENTS = (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS)
+CLSACT_PARENT = {INGRESS: TC_H_CLSACT_INGRESS, EGRESS: TC_H_CLSACT_EGRESS}
+TCX_ATTACH_TYPE = {INGRESS: bpflink.BPF_TCX_INGRESS, EGRESS: bpflink.BPF_TCX_EGRESS}
+
+# Which program goes where, by the device it is on (bpf/tc.bpf.c).  A
+# container's host veth: from the container is its ingress, to the
+# container its egress.  An exit device of the host: what leaves by it.
+VETH, EXIT = "veth", "exit"
+PLACEMENTS = {
+    VETH: (("cntrace_tc_from_container", INGRESS), ("cntrace_tc_to_container", EGRESS)),
+    EXIT: (("cntrace_tc_leaving_host", EGRESS),),
+}
+TC_FUNCTIONS = tuple(function for placed in PLACEMENTS.values() for function, _ in placed)
+
+
+def functions(device: str) -> tuple[str, ...]:
+    return tuple(function for function, _ in PLACEMENTS[device])
 # cntrace's own cls_bpf priority: below tc's default (49152), so it runs
 # before filters added without one.
 CLS_BPF_PRIORITY = 9476
@@ -48,19 +64,18 @@ class TcxLinks:
     mechanism = "tcx"
     detail = "tcx links on each container's host veth"
 
-    def __init__(self, program_fds: tuple[int, int]) -> None:
+    def __init__(self, program_fds: dict[str, int]) -> None:
         self._programs = program_fds
         self._links: dict[int, tuple[int, ...]] = {}
 
-    def attach(self, ifindex: int) -> str:
+    def attach(self, ifindex: int, device: str = VETH) -> str:
         if ifindex in self._links:
             return LINKED
         links: list[int] = []
         try:
-            for fd, attach_type in zip(self._programs,
-                                       (bpflink.BPF_TCX_INGRESS, bpflink.BPF_TCX_EGRESS),
-                                       strict=True):
-                links.append(bpflink.tcx_link_create(fd, ifindex, attach_type))
+            for function, direction in PLACEMENTS[device]:
+                links.append(bpflink.tcx_link_create(self._programs[function], ifindex,
+                                                     TCX_ATTACH_TYPE[direction]))
         except OSError as exc:
             for fd in links:
                 os.close(fd)
@@ -96,9 +111,9 @@ def _daemon_alive(pid: int, proc: str = "/proc") -> bool:
 class ClassicTc:
     mechanism = "cls_bpf"
     detail = (f"classic tc: clsact + cls_bpf filters (priority {CLS_BPF_PRIORITY}) on each "
-              "container's host veth")
+              "container's host veth and the host's exit devices")
 
-    def __init__(self, program_fds: tuple[int, int], ipr: IPRoute | None = None) -> None:
+    def __init__(self, program_fds: dict[str, int], ipr: IPRoute | None = None) -> None:
         self._programs = program_fds
         self._ipr = ipr or IPRoute()
         self._handle = os.getpid()
@@ -107,15 +122,15 @@ class ClassicTc:
         self.remove_leftovers()
 
     # ------------------------------------------------------------ attach
-    def attach(self, ifindex: int) -> str:
+    def attach(self, ifindex: int, device: str = VETH) -> str:
         if ifindex in self._attached:
             return LINKED
         try:
             self._ensure_clsact(ifindex)
-            for fd, parent, name in zip(self._programs, CLSACT_PARENTS, TC_FUNCTIONS,
-                                        strict=True):
-                self._ipr.tc("replace-filter", "bpf", ifindex, self._handle, fd=fd,
-                             name=name, parent=parent, prio=CLS_BPF_PRIORITY,
+            for name, direction in PLACEMENTS[device]:
+                self._ipr.tc("replace-filter", "bpf", ifindex, self._handle,
+                             fd=self._programs[name], name=name,
+                             parent=CLSACT_PARENT[direction], prio=CLS_BPF_PRIORITY,
                              protocol=ETH_P_ALL, classid=1, direct_action=True)
         except NetlinkError as exc:
             self._remove(ifindex, self._mine)

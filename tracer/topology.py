@@ -41,6 +41,7 @@ ROLE_CONTAINER = "container"  # a container's interface inside its netns (eth0)
 ROLE_VETH_HOST = "veth-host"  # host end of a container's veth
 ROLE_BRIDGE = "bridge"  # a docker network's bridge (docker0, br-xxxx)
 ROLE_HOST = "host"  # any other host interface (lo, eth0, cntrace-wan0, ...)
+ARPHRD_ETHER = 1  # the link type of Ethernet-framed devices (veth, bridges, most NICs)
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -59,6 +60,8 @@ class Interface:
     peer_ifindex: int | None  # veth peer ifindex (in the other netns)
     master_ifindex: int | None  # bridge this interface is enslaved to
     uplink: bool = False  # host interface carrying the default route
+    kind: str | None = None  # IFLA_INFO_KIND: veth, bridge, vlan, ... (None: physical, lo)
+    link_type: int = ARPHRD_ETHER  # ifi_type: ARPHRD_ETHER, or ARPHRD_NONE (tun, wireguard)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Link:
     addresses: tuple[str, ...] = ()
     link: int | None = None  # IFLA_LINK: for a veth, the peer's ifindex
     master: int | None = None  # IFLA_MASTER
+    link_type: int = ARPHRD_ETHER  # ifi_type
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,7 @@ def read_netns(path: str) -> NetnsLinks:
                 addresses=tuple(addrs.get(raw["index"], ())),
                 link=raw.get("IFLA_LINK") or None,
                 master=raw.get("IFLA_MASTER") or None,
+                link_type=raw.get("ifi_type", ARPHRD_ETHER),
             )
         )
     return NetnsLinks(inode=inode, links=tuple(links), default_oifs=defaults)
@@ -322,6 +327,8 @@ def assemble(
                 network=network,
                 peer_ifindex=link.link if link.kind == "veth" else None,
                 master_ifindex=link.master,
+                kind=link.kind,
+                link_type=link.link_type,
             )
 
     for link in host.links:
@@ -344,6 +351,8 @@ def assemble(
             peer_ifindex=link.link if link.kind == "veth" else None,
             master_ifindex=link.master,
             uplink=link.ifindex in host.default_oifs,
+            kind=link.kind,
+            link_type=link.link_type,
         )
     return topo
 

@@ -246,16 +246,24 @@ def hook_mechanisms(samples: dict) -> dict[str, str]:
             if name == "cntrace_hook_attached" and value == 1}
 
 
-def expected_attachments(mechanisms: dict[str, str], veths: int) -> tuple[int, int]:
-    """(BPF links, cls_bpf filters) a daemon holds with these hooks and this
-    many container veths: a raw tracepoint or netfilter link is one link per
-    hook, fentry/fexit one per program however many hooks it serves, tcx two
-    links per veth and classic tc two filters per veth."""
+def exit_devices(samples: dict) -> int:
+    """The host's exit devices a daemon counts SNAT on (cntrace_tc_devices)."""
+    return int(samples.get(("cntrace_tc_devices", frozenset({("kind", "exit")})), 0))
+
+
+def expected_attachments(mechanisms: dict[str, str], veths: int,
+                         exits: int = 0) -> tuple[int, int]:
+    """(BPF links, cls_bpf filters) a daemon holds with these hooks, this
+    many container veths and this many exit devices: a raw tracepoint or
+    netfilter link is one link per hook, fentry/fexit one per program however
+    many hooks it serves; tcx links and classic tc filters are two per veth
+    and one per exit device."""
     used = mechanisms.values()
     per_hook = sum(1 for m in used if m in ("raw_tracepoint", "netfilter_link"))
     tracing = len({m for m in used if m in ("fentry", "fexit")})
-    links = per_hook + tracing + (2 * veths if "tcx" in used else 0)
-    return links, (2 * veths if "cls_bpf" in used else 0)
+    tc = 2 * veths + exits
+    links = per_hook + tracing + (tc if "tcx" in used else 0)
+    return links, (tc if "cls_bpf" in used else 0)
 
 
 def tc_state() -> tuple[set[tuple[str, str]], set[str]]:

@@ -20,6 +20,7 @@ from tests.integration.helpers import (
     CNTRACE,
     bpf_gone,
     bpf_held,
+    exit_devices,
     expected_attachments,
     hook_mechanisms,
     hops_of,
@@ -214,8 +215,9 @@ def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_cli
             d.wait_ready()
             assert hook_mechanisms(d.scrape())["tc:container-veths"] == "cls_bpf"
             veths = len(docker_client.containers.list())
-            wait_until(lambda: len(tc_state()[0] - filters_before) == 2 * veths,
-                       "two cls_bpf filters per container veth")
+            wait_until(lambda: len(tc_state()[0] - filters_before)
+                       == 2 * veths + exit_devices(d.scrape()),
+                       "two cls_bpf filters per container veth, one per exit device")
             assert_exact_counts(d, testbed)
         finally:
             code, err = d.stop()
@@ -345,7 +347,9 @@ def test_sigterm_detaches_everything(testbed, docker_client):
     try:
         d.wait_ready()
         veths = len(docker_client.containers.list())   # one veth each on the testbed
-        links, filters = expected_attachments(hook_mechanisms(d.scrape()), veths)
+        samples = d.scrape()
+        links, filters = expected_attachments(hook_mechanisms(samples), veths,
+                                              exit_devices(samples))
         wait_until(lambda: len(bpf_held(d.proc.pid)["link"]) == links
                    and len(tc_state()[0] - filters_before) == filters,
                    f"{links} links and {filters} cls_bpf filters")

@@ -36,6 +36,7 @@ from tests.integration.helpers import (
     bpf_links,
     bpf_programs,
     bpftool,
+    exit_devices,
     expected_attachments,
     hook_mechanisms,
     kill_and_restart_dockerd,
@@ -415,7 +416,7 @@ def test_killed_daemon_leaves_no_bpf_and_spares_other_tools(testbed):
             samples = d.scrape()
             containers = int(get(samples, "cntrace_containers"))
             mechanisms.update(hook_mechanisms(samples))
-            links, filters = expected_attachments(mechanisms, containers)
+            links, filters = expected_attachments(mechanisms, containers, exit_devices(samples))
             return (containers > 0 and len(bpf_held(d.proc.pid)["link"]) == links
                     and len(tc_state()[0] - tc_before[0]) == filters)
 

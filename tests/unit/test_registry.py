@@ -18,6 +18,7 @@ class FakeMaps:
     def __init__(self, link_result=LINKED):
         self.ifaces, self.addrs, self.host, self.cleared = {}, {}, set(), []
         self.veths, self.link_result, self.link_attempts = {}, link_result, 0
+        self.exits = {}
 
     def attach_veth(self, ifindex, slot):
         self.link_attempts += 1
@@ -27,6 +28,13 @@ class FakeMaps:
 
     def detach_veth(self, ifindex):
         self.veths.pop(ifindex, None)
+
+    def attach_exit(self, ifindex, header_len):
+        self.exits[ifindex] = header_len
+        return LINKED
+
+    def detach_exit(self, ifindex):
+        self.exits.pop(ifindex, None)
 
     def set_iface(self, netns, ifindex, slot):
         self.ifaces[(netns, ifindex)] = slot

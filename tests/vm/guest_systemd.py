@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.helpers import (
     bpf_gone,
     bpf_held,
+    exit_devices,
     expected_attachments,
     hook_mechanisms,
     tc_state,
@@ -68,7 +69,8 @@ def fully_attached(pid: int) -> bool:
     samples = scrape()
     containers = int(samples.get(("cntrace_containers", frozenset()), 0))
     hooks = [v for (name, _), v in samples.items() if name == "cntrace_hook_attached"]
-    links, filters = expected_attachments(hook_mechanisms(samples), containers)
+    links, filters = expected_attachments(hook_mechanisms(samples), containers,
+                                          exit_devices(samples))
     return (containers >= 3 and hooks and min(hooks) == 1
             and len(bpf_held(pid)["link"]) == links and len(tc_state()[0]) == filters)
 
