@@ -1,13 +1,17 @@
 """What tracing costs other traffic: container -> container over docker0, UDP
-64-byte packet rate and TCP throughput (iperf3 in the containers' netns),
-each mode interleaved with the baseline, several repetitions, same run.
+64-byte packet rate and TCP throughput (iperf3 in the containers' netns, on
+one CPU: bench/benchlib.py), each mode interleaved with the baseline
+(baseline, tool, baseline, ...), several repetitions, same run.
 
 Modes:
 - the floor: empty BPF programs on the daemon's attach points (tcx on a's and
-  b's host veths, netfilter at PREROUTING/LOCAL_OUT/POSTROUTING), which is
+  b's host veths both ways, tcx egress on the host's exit devices), which is
   what any tool hooked there pays before doing any work;
-- `cntrace daemon`; `cntrace events` streaming everything (to a file);
-  `trace-ping` run back to back (BPF compile included);
+- `cntrace daemon` (tcx), and with tcx turned off (classic tc, the path of
+  kernels before 6.6), and with NAT counted at netfilter hooks (the path of
+  kernels whose tc programs cannot read the conntrack entry);
+- `cntrace events` streaming everything (to a file); `trace-ping` run back
+  to back (BPF compile included);
 - what a user would run instead: `tcpdump -i docker0 -w /dev/null`,
   `conntrack -E`.
 
@@ -28,12 +32,19 @@ from collections.abc import Iterator
 
 from benchlib import CNTRACE, free_port, iperf, iperf_server, running, spread, standalone
 
-from tracer import bpflink, loader
+from tracer import bpflink, features, loader
 
 EMPTY_PROGRAMS = """
 int empty_tc(struct __sk_buff *skb) { return -1; }   /* TCX_NEXT */
 int empty_nf(void *ctx) { return 1; }                /* NF_ACCEPT */
 """
+
+
+def exit_ifindexes() -> list[int]:
+    """The host's exit devices, as the daemon picks them."""
+    from tracer import registry, topology
+
+    return list(registry.exit_devices(topology.discover(topology.docker_client())))
 
 
 def host_veth_ifindex(pid: int) -> int:
@@ -44,21 +55,27 @@ def host_veth_ifindex(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def empty_programs(tcx_ifindexes: list[int]) -> Iterator[None]:
-    """Empty programs linked where the daemon links its own."""
+def empty_programs(veths: list[int], exits: list[int], netfilter: bool) -> Iterator[None]:
+    """Empty programs linked where the daemon links its own: both ways on
+    container veths, egress on exit devices; netfilter: at the NAT hooks
+    too, where the daemon counted NAT before (and still does on kernels
+    whose tc programs cannot read the conntrack entry)."""
     from bcc import BPF
 
     bpf = BPF(text=EMPTY_PROGRAMS)
     fds = []
     try:
         tc = bpf.load_func("empty_tc", BPF.SCHED_CLS).fd
-        for ifindex in tcx_ifindexes:
+        for ifindex in veths:
             for where in (bpflink.BPF_TCX_INGRESS, bpflink.BPF_TCX_EGRESS):
                 fds.append(bpflink.tcx_link_create(tc, ifindex, where))
-        nf = bpf.load_func("empty_nf", bpflink.BPF_PROG_TYPE_NETFILTER,
-                           attach_type=bpflink.BPF_NETFILTER).fd
-        for pf, hook, priority in loader.DAEMON_NETFILTER_HOOKS:
-            fds.append(bpflink.link_create(nf, pf, hook, priority))
+        for ifindex in exits:
+            fds.append(bpflink.tcx_link_create(tc, ifindex, bpflink.BPF_TCX_EGRESS))
+        if netfilter:
+            nf = bpf.load_func("empty_nf", bpflink.BPF_PROG_TYPE_NETFILTER,
+                               attach_type=bpflink.BPF_NETFILTER).fd
+            for pf, hook, priority in loader.DAEMON_NETFILTER_HOOKS:
+                fds.append(bpflink.link_create(nf, pf, hook, priority))
         time.sleep(0.5)
         yield
     finally:
@@ -67,14 +84,30 @@ def empty_programs(tcx_ifindexes: list[int]) -> Iterator[None]:
         bpf.cleanup()
 
 
-def modes(info) -> dict[str, object]:
+def modes(info, args) -> dict[str, object]:
     a = info.containers["a"]
     veths = [host_veth_ifindex(info.containers[k].pid) for k in "ab"]
+    exits = exit_ifindexes()
     loop = f"while true; do {' '.join(CNTRACE)} ping {a.name} {info.wan_ip} >/dev/null; done"
+
+    def daemon(cwd: str | None = None, **env: str):
+        return running([*CNTRACE, "daemon", "--web.listen-address", f"127.0.0.1:{free_port()}"],
+                       settle=4.0, env=env, cwd=cwd)
+
+    disable = features.DISABLE_VARIABLE
+    compared = {}
+    if args.compare_checkout:
+        compared[f"cntrace daemon of {args.compare_checkout}"] = \
+            lambda: daemon(cwd=args.compare_checkout)
     return {
-        "floor: empty programs on the daemon's attach points": lambda: empty_programs(veths),
-        "cntrace daemon": lambda: running([*CNTRACE, "daemon", "--web.listen-address",
-                                           f"127.0.0.1:{free_port()}"], settle=4.0),
+        **compared,
+        "floor: empty programs on the daemon's attach points":
+            lambda: empty_programs(veths, exits, netfilter=False),
+        "floor, and at the netfilter NAT hooks": lambda: empty_programs(veths, exits, True),
+        "cntrace daemon": daemon,
+        "cntrace daemon, classic tc (no tcx)": lambda: daemon(**{disable: features.TCX}),
+        "cntrace daemon, NAT at netfilter hooks":
+            lambda: daemon(**{disable: features.TC_CONNTRACK}),
         "cntrace events (everything, to a file)": lambda: running(
             [*CNTRACE, "events", "--json"], ready="tracing on"),
         "trace-ping back to back": lambda: running(["bash", "-c", loop], settle=1.0),
@@ -90,17 +123,22 @@ def run(info, args) -> list[str]:
              "TCP throughput |", "|---|---|---|"]
     base_rates = {"udp": [], "tcp": []}
     with iperf_server(b.pid):
-        for name, start in modes(info).items():
+        for name, start in modes(info, args).items():
             if args.mode and not any(text in name for text in args.mode):
                 continue
             ratios = {"udp": [], "tcp": []}
+            # Baseline, tool, baseline, tool, ...: each run with the tool is
+            # compared with the mean of the baselines just before and after
+            # it, which cancels a drift of the machine's speed.
+            before = {p: iperf(a.pid, b.ip, p == "udp", args.seconds) for p in ratios}
             for _ in range(args.reps):
+                with start():
+                    measured = {p: iperf(a.pid, b.ip, p == "udp", args.seconds) for p in ratios}
                 for proto in ratios:
-                    base = iperf(a.pid, b.ip, proto == "udp", args.seconds)
-                    with start():
-                        measured = iperf(a.pid, b.ip, proto == "udp", args.seconds)
-                    base_rates[proto].append(base)
-                    ratios[proto].append(measured / base)
+                    after = iperf(a.pid, b.ip, proto == "udp", args.seconds)
+                    base_rates[proto].append(after)
+                    ratios[proto].append(measured[proto] / ((before[proto] + after) / 2))
+                    before[proto] = after
             lines.append(f"| {name} | {spread(ratios['udp'])} | {spread(ratios['tcp'])} |")
             print(lines[-1], file=sys.stderr, flush=True)
     lines.append(f"| (baseline: UDP {spread(base_rates['udp'], '{:,.0f}')} packets/s, TCP "

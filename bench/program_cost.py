@@ -21,6 +21,8 @@ from pathlib import Path
 
 from benchlib import CNTRACE, Daemon, iperf, iperf_server, running, standalone
 
+from tracer import features
+
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
@@ -59,13 +61,17 @@ def measure(a, b, seconds: int) -> list[tuple[str, float, float]]:
 def run(info, args) -> list[str]:
     a, b = info.containers["a"], info.containers["b"]
     lines = ["| running | program | runs per packet | ns per run |", "|---|---|---|---|"]
+    daemons = {"cntrace daemon": {},
+               "cntrace daemon, NAT at netfilter hooks":
+                   {features.DISABLE_VARIABLE: features.TC_CONNTRACK}}
     with iperf_server(b.pid):
-        daemon = Daemon()
-        try:
-            cost = measure(a, b, args.seconds)
-        finally:
-            daemon.stop()
-        lines += [f"| cntrace daemon | `{n}` | {r:.2f} | {ns:.0f} |" for n, r, ns in cost]
+        for name, env in daemons.items():
+            daemon = Daemon(env=env)
+            try:
+                cost = measure(a, b, args.seconds)
+            finally:
+                daemon.stop()
+            lines += [f"| {name} | `{n}` | {r:.2f} | {ns:.0f} |" for n, r, ns in cost]
         tracer = [*CNTRACE, "events", "-p", "icmp", "-a", info.wan_ip]
         with running(tracer, ready="tracing on", settle=0.5):
             cost = measure(a, b, args.seconds)

@@ -2,7 +2,8 @@
 
 Hooks are probed, not assumed: the mechanism for each is chosen from what
 tracer/features.py finds in the running kernel (BPF netfilter links, else
-fentry/fexit on nf_hook_slow; tcx, else classic tc), only the chosen code is
+fentry/fexit on nf_hook_slow; tcx, else classic tc; the daemon's NAT counted
+in its tc programs, else at netfilter hooks), only the chosen code is
 compiled, and each outcome is recorded as a HookStatus naming the mechanism,
 or what is missing and why, so a kernel without a hook still traces what it
 can, and says so.
@@ -342,7 +343,7 @@ def attach(
         if compiled.daemon:
             tracer.hooks.extend(_load_tc_programs(tracer, compiled.nat_in_tc))
         if compiled.netfilter:
-            # The daemon counts NAT only where NAT happens: PRE, OUT, POST.
+            # The daemon (NAT_IN_NETFILTER) counts NAT only where NAT happens: PRE, OUT, POST.
             hooks = DAEMON_NETFILTER_HOOKS if compiled.daemon else NETFILTER_HOOKS
             tracer.hooks.extend(_attach_netfilter(tracer, hooks, compiled.nat))
     except BaseException:

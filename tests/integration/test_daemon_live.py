@@ -248,6 +248,34 @@ def test_snat_to_the_wan_is_counted_per_container(daemon, testbed, docker_client
                peer="external", direction="tx") >= 3
 
 
+def test_nat_counts_the_same_at_netfilter_hooks_where_tc_cannot_read_conntrack(testbed,
+                                                                              docker_client):
+    """The NAT path of kernels whose tc programs may not read kernel memory,
+    here with that probe turned off: netfilter hooks instead of the exit
+    devices, and the same SNAT counts."""
+    a = testbed.containers["a"]
+    check_route(testbed.wan_ip, [testbed.wan_host_ifname])
+    d = Daemon(env={"CNTRACE_DISABLE_FEATURES": "tc-conntrack"})
+    try:
+        d.wait_ready()
+        before = d.scrape()
+        hooks = hook_mechanisms(before)
+        assert "tc:exit-devices" not in hooks and exit_devices(before) == 0
+        assert hooks["netfilter:ipv4:POSTROUTING"] in ("netfilter_link", "fexit"), hooks
+        result = docker_client.containers.get(a.name).exec_run(
+            ["ping", "-c", "3", "-i", "0.2", "-W", "1", testbed.wan_ip])
+        assert result.exit_code == 0
+        time.sleep(0.3)
+        after = d.scrape()
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+    for name, count in (("cntrace_container_snat_packets_total", 3),
+                        ("cntrace_container_snat_translations_total", 1)):
+        assert get(after, name, container=a.name) - get(before, name, container=a.name) \
+            == count, name
+
+
 @pytest.mark.kernel
 def test_dnat_to_a_published_port_is_counted_per_container_and_port(daemon, testbed,
                                                                     docker_client):

@@ -11,7 +11,8 @@ from tracer import daemon, topology
 from tracer.collector import DaemonStats
 from tracer.daemon import is_relevant_event
 from tracer.errors import DockerUnavailableError
-from tracer.registry import FAILED, GONE, LINKED, UNSUPPORTED, Registry
+from tracer.registry import FAILED, GONE, LINKED, UNSUPPORTED, Registry, exit_devices
+from tracer.topology import ROLE_HOST
 
 
 class FakeMaps:
@@ -195,3 +196,46 @@ def test_docker_reconnects_count_reconnections_made_not_attempts():
         daemon._watch_docker(dirty, stop, stats)
     assert stats.docker_reconnects == 1 and stats.docker_connected
     assert waits == [1.0, 2.0, 4.0]   # backoff doubles while the engine is down
+
+
+def with_host_interfaces(topo, *extra):
+    return dataclasses.replace(topo, interfaces={**topo.interfaces,
+                                                 **{(i.netns, i.ifindex): i for i in extra}})
+
+
+def test_exit_devices_are_where_packets_leave_the_host_for_good():
+    topo = with_host_interfaces(
+        fakes.topology(),
+        dataclasses.replace(fakes.iface(fakes.HOST_NS, 1, "lo", ROLE_HOST), link_type=772),
+        fakes.iface(fakes.HOST_NS, 2, "eth0", ROLE_HOST),
+        dataclasses.replace(fakes.iface(fakes.HOST_NS, 3, "eth0.100", ROLE_HOST), kind="vlan"),
+        dataclasses.replace(fakes.iface(fakes.HOST_NS, 4, "br0", ROLE_HOST), kind="bridge"),
+        dataclasses.replace(fakes.iface(fakes.HOST_NS, 5, "wg0", ROLE_HOST), kind="wireguard",
+                            link_type=65534),
+        dataclasses.replace(fakes.iface(fakes.A_NS, 30, "eth1", ROLE_HOST)),   # not the host's
+    )
+    # eth0 and the wan veth (Ethernet: 14-byte headers), wg0 (no link-layer
+    # header); not lo, the VLAN and bridge stacked on others, docker0 or the
+    # containers' veths (they count their own)
+    assert exit_devices(topo) == {2: 14, 20: 14, 5: 0}
+
+
+def test_exit_devices_are_linked_and_a_device_that_becomes_a_containers_veth_moves_over():
+    maps = FakeMaps()
+    a_veth = fakes.topology().interfaces[(fakes.HOST_NS, 11)]
+    early = with_host_interfaces(   # a's veth before Docker reports a: any host device
+        without(fakes.topology(), "a"), dataclasses.replace(a_veth, role=ROLE_HOST,
+                                                            container=None, container_id=None))
+    topo = [early]
+    registry = Registry(maps, lambda: topo[0], max_slots=8)
+    registry.reconcile()
+    assert maps.exits == {20: 14, 11: 14} and registry.exits == {20, 11}
+    order = []
+    maps.detach_exit = lambda ifindex, real=maps.detach_exit: (order.append("exit"),
+                                                              real(ifindex))
+    maps.attach_veth = lambda ifindex, slot, real=maps.attach_veth: (order.append("veth"),
+                                                                     real(ifindex, slot))[1]
+    topo[0] = fakes.topology()
+    registry.reconcile()
+    assert maps.exits == {20: 14} and 11 in maps.veths
+    assert order.index("exit") < order.index("veth")   # one program set per device at a time

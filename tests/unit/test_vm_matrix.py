@@ -49,3 +49,12 @@ def test_a_vm_without_results_says_so(tmp_path):
     result = KernelResult("6.12.117+deb12-amd64", error="the VM produced no test results")
     assert not result.ok
     assert "the VM produced no test results" in table([result])
+
+
+def test_nat_counted_in_tc_shows_as_such(tmp_path):
+    daemon = {"tc:container-veths": "cls_bpf", "tc:exit-devices": "cls_bpf",
+              "raw_tracepoint:kfree_skb": "raw_tracepoint"}
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT.replace("{daemon}", json.dumps(daemon)))
+    row = table([read_junit(path, "6.1.0-57-amd64")]).splitlines()[2]
+    assert [c.strip() for c in row.strip("|").split("|")][2] == "cls_bpf (conntrack)"

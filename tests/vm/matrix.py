@@ -196,7 +196,10 @@ def _mechanisms(result: KernelResult) -> tuple[str, str, str]:
     """(the event stream's hooks, the daemon's NAT hooks, its veth counters)."""
     events = result.properties.get("events_hooks", "?")
     daemon = json.loads(result.properties.get("daemon_hooks", "{}"))
-    nat = sorted({m for h, m in daemon.items() if h.startswith("netfilter:")}) or ["?"]
+    nat = sorted({m for h, m in daemon.items() if h.startswith("netfilter:")})
+    if "tc:exit-devices" in daemon:   # NAT read from conntrack in the tc programs
+        nat.append(f"{daemon['tc:exit-devices']} (conntrack)")
+    nat = nat or ["?"]
     return events, ", ".join(nat), daemon.get("tc:container-veths", "?")
 
 
