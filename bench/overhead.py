@@ -1,6 +1,6 @@
 """What tracing costs other traffic: container -> container over docker0, UDP
-64-byte packet rate and TCP throughput (iperf3 in the containers' netns, on
-one CPU: bench/benchlib.py), each mode interleaved with the baseline
+64-byte packet rate and TCP throughput (iperf3 in the containers' netns,
+client and server on CPUs of their own: bench/benchlib.py), each mode interleaved with the baseline
 (baseline, tool, baseline, ...), several repetitions, same run.
 
 Modes:
@@ -139,6 +139,8 @@ def run(info, args) -> list[str]:
                     base_rates[proto].append(after)
                     ratios[proto].append(measured[proto] / ((before[proto] + after) / 2))
                     before[proto] = after
+                print(f"  {name}: udp {ratios['udp'][-1]:.3f} tcp {ratios['tcp'][-1]:.3f}",
+                      file=sys.stderr, flush=True)
             lines.append(f"| {name} | {spread(ratios['udp'])} | {spread(ratios['tcp'])} |")
             print(lines[-1], file=sys.stderr, flush=True)
     lines.append(f"| (baseline: UDP {spread(base_rates['udp'], '{:,.0f}')} packets/s, TCP "

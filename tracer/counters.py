@@ -34,7 +34,7 @@ class BpfCounters:
         or classic tc, tracer/tclink.py); returns LINKED, GONE (the veth went
         away first: its container died) or FAILED, or UNSUPPORTED when
         neither mechanism loaded."""
-        attacher = self._t.veth_programs
+        attacher = self._t.tc_programs
         if attacher is None:
             return UNSUPPORTED
         self._set_veth_slot(ifindex, slot + 1)   # 0 means "not a container's"
@@ -44,8 +44,8 @@ class BpfCounters:
         return result
 
     def detach_veth(self, ifindex: int) -> None:
-        if self._t.veth_programs is not None:
-            self._t.veth_programs.detach(ifindex)
+        if self._t.tc_programs is not None:
+            self._t.tc_programs.detach(ifindex)
         self._set_veth_slot(ifindex, 0)
 
     def _set_veth_slot(self, ifindex: int, stored: int) -> None:
@@ -60,17 +60,17 @@ class BpfCounters:
     def attach_exit(self, ifindex: int, header_len: int) -> str:
         """Attach the SNAT counter to the egress of one of the host's exit
         devices; UNSUPPORTED when NAT is counted at netfilter instead."""
-        if self._t.veth_programs is None or not self._t.nat_at_exits:
+        if self._t.tc_programs is None or not self._t.nat_at_exits:
             return UNSUPPORTED
         self._t["exit_header_len"][ctypes.c_uint32(ifindex)] = ctypes.c_uint32(header_len)
-        result = self._t.veth_programs.attach(ifindex, tclink.EXIT)
+        result = self._t.tc_programs.attach(ifindex, tclink.EXIT)
         if result != LINKED:
             self._delete("exit_header_len", ctypes.c_uint32(ifindex))
         return result
 
     def detach_exit(self, ifindex: int) -> None:
-        if self._t.veth_programs is not None:
-            self._t.veth_programs.detach(ifindex)
+        if self._t.tc_programs is not None:
+            self._t.tc_programs.detach(ifindex)
         self._delete("exit_header_len", ctypes.c_uint32(ifindex))
 
     # ------------------------------------------------------------- writing

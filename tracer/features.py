@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from tracer import bpflink
+from tracer.topology import LOOPBACK_IFINDEX
 
 NETFILTER_LINK = "netfilter-link"
 TCX = "tcx"
@@ -26,7 +27,6 @@ FENTRY = "fentry"
 TC_CONNTRACK = "tc-conntrack"
 FEATURES = (NETFILTER_LINK, TCX, FENTRY, TC_CONNTRACK)
 DISABLE_VARIABLE = "CNTRACE_DISABLE_FEATURES"
-LOOPBACK_IFINDEX = 1
 NF_HOOK_FUNCTION = "nf_hook_slow"
 
 

@@ -147,9 +147,9 @@ class Tracer:
     layout: KernelLayout
     drop_reasons: dict[int, str] = field(default_factory=dict)
     hooks: list[HookStatus] = field(default_factory=list)
-    # The daemon's counting programs on container veths (tcx or classic tc),
-    # attached per veth by tracer.counters; None outside the daemon.
-    veth_programs: tclink.TcxLinks | tclink.ClassicTc | None = None  # the daemon's
+    # The daemon's counting programs (tcx or classic tc), attached per
+    # container veth and exit device by tracer.counters; None outside the daemon.
+    tc_programs: tclink.TcxLinks | tclink.ClassicTc | None = None
     nat_at_exits: bool = False   # the daemon's exit-device program is loaded
     _link_fds: list[int] = field(default_factory=list)
 
@@ -164,9 +164,9 @@ class Tracer:
         return self.bpf.ksym(address, show_offset=True).decode(errors="replace")
 
     def close(self) -> None:
-        if self.veth_programs is not None:
-            self.veth_programs.close()
-            self.veth_programs = None
+        if self.tc_programs is not None:
+            self.tc_programs.close()
+            self.tc_programs = None
         for fd in self._link_fds:
             os.close(fd)
         self._link_fds.clear()
@@ -386,15 +386,15 @@ def _load_tc_programs(tracer: Tracer, nat_in_tc: bool) -> list[HookStatus]:
                 for n in names]
     tcx = features.tcx()
     if tcx.available:
-        tracer.veth_programs = tclink.TcxLinks(programs)
+        tracer.tc_programs = tclink.TcxLinks(programs)
     else:
         try:
-            tracer.veth_programs = tclink.ClassicTc(programs)
+            tracer.tc_programs = tclink.ClassicTc(programs)
         except OSError as exc:   # pyroute2's NetlinkError is an OSError
             return [HookStatus(n, False, f"no tcx ({tcx.detail}) and classic tc failed "
                                          f"({exc}); {lost}") for n in names]
     tracer.nat_at_exits = nat_in_tc
-    attached = tracer.veth_programs
+    attached = tracer.tc_programs
     detail = attached.detail if tcx.available else f"{attached.detail}; no tcx: {tcx.detail}"
     statuses = [HookStatus(names[0], True, detail, attached.mechanism)]
     if nat_in_tc:

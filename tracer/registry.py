@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tracer import wire
-from tracer.topology import ARPHRD_ETHER, ROLE_HOST, ROLE_VETH_HOST, Container, Topology
+from tracer.topology import (
+    ARPHRD_ETHER,
+    LOOPBACK_IFINDEX,
+    ROLE_HOST,
+    ROLE_VETH_HOST,
+    Container,
+    Topology,
+)
 
 log = logging.getLogger("cntrace.registry")
 
@@ -69,7 +76,6 @@ def host_addresses(topo: Topology) -> set[str]:
 # redirected to it comes back to the device it came from.)
 STACKED_KINDS = frozenset({"bridge", "bond", "team", "vlan", "macvlan", "macvtap", "ipvlan",
                            "ipvtap", "vrf", "ifb"})
-LOOPBACK_IFINDEX = 1
 ETHERNET_HEADER_LEN = 14
 
 

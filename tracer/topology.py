@@ -42,6 +42,7 @@ ROLE_VETH_HOST = "veth-host"  # host end of a container's veth
 ROLE_BRIDGE = "bridge"  # a docker network's bridge (docker0, br-xxxx)
 ROLE_HOST = "host"  # any other host interface (lo, eth0, cntrace-wan0, ...)
 ARPHRD_ETHER = 1  # the link type of Ethernet-framed devices (veth, bridges, most NICs)
+LOOPBACK_IFINDEX = 1  # lo's ifindex in every netns
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 

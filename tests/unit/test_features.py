@@ -13,16 +13,19 @@ from tracer.kernel_layout import NF_CONTEXT_MACROS, NF_STATE_MACROS, KernelLayou
     ("tcx", {"tcx"}),
     (" tcx , fentry", {"tcx", "fentry"}),
     ("netfilter-link,bogus", {"netfilter-link"}),
+    ("tc-conntrack", {"tc-conntrack"}),
 ])
 def test_disabled_features_come_from_the_environment(value, disabled):
     environ = {features.DISABLE_VARIABLE: value}
     assert {f for f in features.FEATURES if features.disabled(f, environ)} == disabled
 
 
-def test_a_disabled_feature_is_not_probed(monkeypatch):
-    monkeypatch.setenv(features.DISABLE_VARIABLE, "tcx")
-    probe = features.tcx()
-    assert not probe.available and features.DISABLE_VARIABLE in probe.detail
+@pytest.mark.parametrize("feature, probe", [("tcx", features.tcx),
+                                            ("tc-conntrack", features.tc_conntrack)])
+def test_a_disabled_feature_is_not_probed(monkeypatch, feature, probe):
+    monkeypatch.setenv(features.DISABLE_VARIABLE, feature)
+    answer = probe()
+    assert not answer.available and features.DISABLE_VARIABLE in answer.detail
 
 
 def kernel(*macro_sets: set[str], nf_hook_slow_id: int | None = 7) -> loader.KernelInfo:
