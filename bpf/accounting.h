@@ -334,19 +334,9 @@ static __always_inline u32 account_flow(struct flow_key *key, int rx)
 
 /* ---------------------------------------------------- tc: container veths */
 
-static __always_inline void set_addr(u8 *key, u8 *addr, u8 family)
-{
-    if (family == 4) {
-        key[10] = 0xff;   /* IPv4-mapped, as every address map is keyed */
-        key[11] = 0xff;
-        __builtin_memcpy(&key[12], addr, 4);
-    } else {
-        __builtin_memcpy(key, addr, 16);
-    }
-}
-
 /* The flow key from the IP header at l3 and the first 8 bytes after it at
- * l4 (l4 0: none), as seen from the container (local: its side). */
+ * l4 (l4 0: none), as seen from the container (local: its side), its
+ * addresses in the form the address maps are keyed by. */
 static __always_inline void fill_flow_key(struct flow_key *key, u8 *l3, u8 *l4, u8 family,
                                           int rx)
 {
@@ -354,14 +344,14 @@ static __always_inline void fill_flow_key(struct flow_key *key, u8 *l3, u8 *l4, 
     u8 *dst = rx ? key->local_addr : key->remote_addr;
     if (family == 4) {
         key->proto = l3[9];
-        set_addr(src, &l3[12], 4);
-        set_addr(dst, &l3[16], 4);
+        put_addr_key(src, &l3[12], 4);
+        put_addr_key(dst, &l3[16], 4);
         if ((l3[6] & 0x1f) | l3[7])
             key->proto = 0;   /* a non-first fragment: no ports */
     } else {
         key->proto = l3[6];   /* extension headers are not walked */
-        set_addr(src, &l3[8], 6);
-        set_addr(dst, &l3[24], 6);
+        put_addr_key(src, &l3[8], 6);
+        put_addr_key(dst, &l3[24], 6);
     }
     if (!key->proto || !l4)
         return;

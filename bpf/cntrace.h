@@ -15,8 +15,6 @@
 #define EVENT_DROP 2
 
 /* Where an event was seen (tracer/wire.py: HOOKS). */
-#define HOOK_TC_EGRESS 9  /* daemon: tcx on a container's host veth, toward it (rx) */
-#define HOOK_TC_INGRESS 10 /* daemon: tcx on a container's host veth, from it (tx) */
 #define HOOK_XMIT 1     /* raw_tp net_dev_start_xmit: leaving a device */
 #define HOOK_RECV 2     /* raw_tp netif_receive_skb: arriving on a device */
 #define HOOK_NF_PRE 3   /* netfilter PRE_ROUTING, after DNAT */

@@ -184,17 +184,23 @@ static __always_inline void read_conntrack(struct cntrace_event *e, u64 skb)
 #endif
 }
 
-/* The form every address map is keyed by: IPv6, or IPv4-mapped IPv6. */
+/* The form every address map is keyed by: IPv6, or IPv4-mapped IPv6,
+ * written into 16 zeroed bytes at key. */
+static __always_inline void put_addr_key(u8 *key, u8 *addr, u8 family)
+{
+    if (family == 4) {
+        key[10] = 0xff;
+        key[11] = 0xff;
+        __builtin_memcpy(&key[12], addr, 4);
+    } else {
+        __builtin_memcpy(key, addr, 16);
+    }
+}
+
 static __always_inline struct addr_key make_addr_key(u8 *addr, u8 family)
 {
     struct addr_key key = {};
-    if (family == 4) {
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        __builtin_memcpy(&key.addr[12], addr, 4);
-    } else {
-        __builtin_memcpy(key.addr, addr, 16);
-    }
+    put_addr_key(key.addr, addr, family);
     return key;
 }
 

@@ -21,8 +21,6 @@ HOOKS = {
     6: "OUTPUT",
     7: "POSTROUTING",
     8: "drop",          # kfree_skb
-    9: "tc-egress",     # daemon only: toward a container
-    10: "tc-ingress",   # daemon only: from a container
 }
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
