@@ -61,12 +61,19 @@ def measure(a, b, seconds: int) -> list[tuple[str, float, float]]:
 def run(info, args) -> list[str]:
     a, b = info.containers["a"], info.containers["b"]
     lines = ["| running | program | runs per packet | ns per run |", "|---|---|---|---|"]
-    daemons = {"cntrace daemon": {},
+    # name: (flags, environment); the collector rows price each collector's
+    # per-packet work (README.md "Collectors").
+    daemons = {"cntrace daemon": ((), {}),
                "cntrace daemon, NAT at netfilter hooks":
-                   {features.DISABLE_VARIABLE: features.TC_CONNTRACK}}
+                   ((), {features.DISABLE_VARIABLE: features.TC_CONNTRACK}),
+               "`--no-collector.peers --no-collector.flows`":
+                   (("--no-collector.peers", "--no-collector.flows"), {}),
+               "`--no-collector.nat`": (("--no-collector.nat",), {}),
+               "traffic only: `--no-collector.{peers,flows,nat}`":
+                   (("--no-collector.peers", "--no-collector.flows", "--no-collector.nat"), {})}
     with iperf_server(b.pid):
-        for name, env in daemons.items():
-            daemon = Daemon(env=env)
+        for name, (flags, env) in daemons.items():
+            daemon = Daemon(*flags, env=env)
             try:
                 cost = measure(a, b, args.seconds)
             finally:

@@ -411,30 +411,50 @@ static __always_inline u32 *veth_slot(u32 ifindex)
     return veth_slots_beyond.lookup(&ifindex);
 }
 
+static __always_inline u32 tc_packets(struct __sk_buff *skb)
+{
+    return skb->gso_segs ? skb->gso_segs : 1;
+}
+
+static __always_inline u32 tc_bytes(struct __sk_buff *skb)   /* IP-layer bytes */
+{
+    return skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
+}
+
+/* What runs is what the daemon's collectors ask for (tracer/loader.py sets
+ * COLLECT_TRAFFIC, COLLECT_PEERS, COLLECT_FLOWS and COLLECT_NAT). */
 static __always_inline void count_tc(struct __sk_buff *skb, int rx)
 {
     u32 *stored = veth_slot(skb->ifindex);
     if (!stored)
         return;
     u32 slot = *stored - 1;
+#if defined(COLLECT_PEERS) || defined(COLLECT_FLOWS)
     struct flow_key key = {.owner = slot};
     u8 family = packet_flow_key(skb, &key, rx);
+#else
+    u8 family = skb->protocol == ETH_P_IP_BE ? 4 : skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
+#endif
     if (!family)
         return;
-    u32 packets = skb->gso_segs ? skb->gso_segs : 1;
-    u32 bytes = skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;   /* IP-layer bytes */
+#ifdef COLLECT_TRAFFIC
     u32 index = slot * 2 + rx;
-    add_traffic(traffic.lookup(&index), packets, bytes);
+    add_traffic(traffic.lookup(&index), tc_packets(skb), tc_bytes(skb));
+#endif
+#ifdef COLLECT_PEERS
     struct peer_key pkey = {.slot = slot, .peer = account_flow(&key, rx), .direction = rx};
-    bump_peer(&pkey, packets, bytes);
-#ifndef NAT_IN_NETFILTER
+    bump_peer(&pkey, tc_packets(skb), tc_bytes(skb));
+#elif defined(COLLECT_FLOWS)
+    account_flow(&key, rx);   /* the flow table alone: flows opened, and active when walked */
+#endif
+#if defined(COLLECT_NAT) && !defined(NAT_IN_NETFILTER)
     /* Into a container: DNAT brought it here, or SNAT rewrote it on its way
      * from another container. */
     u64 ct = 0;
     u32 info = 0;
     u64 status = rx ? nat_of((u64)skb, IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT, &ct, &info) : 0;
     if (status)
-        count_nat(ct, info, status, family, packets, bytes);
+        count_nat(ct, info, status, family, tc_packets(skb), tc_bytes(skb));
 #endif
 }
 

@@ -21,12 +21,14 @@ APT_PACKAGES=(
     bpfcc-tools python3-bpfcc libbpfcc libbpf1 bpftool  # bcc, libbpf (BTF), bpftool (tests)
     docker.io iptables nftables conntrack iproute2 busybox-static # the Docker host and its tools
     python3-venv python3-pip kmod                        # Debian's python3 sees bcc
+    graphviz                             # dot draws `cntrace topology --format svg` and the page
 )
 # Only for `test` and `bench`, without recommends: the scrape tests run their own Prometheus
 # (and promtool); on a systemd host the package's own service would start too.
 TEST_APT_PACKAGES=(
     prometheus iperf3 tcpdump
     systemd libcap2-bin python3-seccomp  # systemd-analyze; capsh; the capability sandbox
+    chromium-headless-shell python3-pil  # the landing page in a real browser; its screenshot
 )
 PY_TEST_PACKAGES=(pytest hypothesis ruff)
 # The kernel VMs (tests/vm/): QEMU (TCG), udev (virtme-ng finds its console

@@ -20,8 +20,8 @@ README = ROOT / "README.md"
 
 # What the tests put in place of each template variable: every testbed
 # container, every host, and Grafana's intervals at a 1 s scrape interval.
-TEMPLATE_VALUES = {"container": "cntrace-test-.*", "instance": ".*",
-                   "__rate_interval": "1m", "__interval": "15s"}
+TEMPLATE_VALUES = {"container": "cntrace-test-.*", "instance": ".*", "project": ".*",
+                   "service": ".*", "__rate_interval": "1m", "__interval": "15s"}
 # $name, ${name} and ${name:format}; Grafana's own ($__rate_interval) included.
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 _MATCHER_LABEL = re.compile(r'(\w+)\s*(?:=~|!~|!=|=)\s*"')
@@ -88,6 +88,12 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return _VARIABLE.sub(replace, expr)
 
 
+# The README's metrics table writes the labels of every per-container series
+# as `container*` (those of tracer/collector.py CONTAINER_LABELS).
+CONTAINER_IDENTITY = "container*"
+CONTAINER_IDENTITY_LABELS = ("container", "compose_project", "compose_service")
+
+
 def readme_metrics() -> dict[str, set[str]]:
     """metric name -> its labels, from the README's metrics table."""
     lines = README.read_text().splitlines()
@@ -98,8 +104,11 @@ def readme_metrics() -> dict[str, set[str]]:
             break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0].startswith("`cntrace_"):
+            labels = {label for label in re.split(r"[,\s]+", cells[2]) if label}
+            if CONTAINER_IDENTITY in labels:
+                labels = (labels - {CONTAINER_IDENTITY}) | set(CONTAINER_IDENTITY_LABELS)
             for name in re.findall(r"`(cntrace_\w+)`", cells[0]):
-                metrics[name] = {label for label in re.split(r"[,\s]+", cells[2]) if label}
+                metrics[name] = labels
     return metrics
 
 

@@ -37,13 +37,18 @@ EPILOG_DAEMON = """examples:
   cntrace daemon                                 serve 127.0.0.1:9476/metrics
   cntrace daemon --web.listen-address 0.0.0.0:9476 --web.config.file web.yml
   CNTRACE_FLOW_TABLE_SIZE=262144 cntrace daemon   settings from the environment
-endpoints: /metrics, /healthz, /topology (JSON)
+  cntrace daemon --no-collector.peers --docker.label com.example.team
+endpoints: / (the live figure), /metrics, /healthz, /topology (?format=json|svg|dot)
 """
 
 EPILOG_TOPOLOGY = """examples:
   cntrace topology          containers, veth pairs, bridges and networks
   cntrace topology --json   the same for machines
+  cntrace topology --format svg > host.svg   the figure (needs graphviz)
+exit codes: 0 done, 5 Docker unreachable, 7 graphviz missing or failed
 """
+
+TOPOLOGY_FORMATS = ("text", "json", "dot", "svg")
 
 
 EXIT_BROKEN_PIPE = 141    # 128 + SIGPIPE, what a shell reports for a killed writer
@@ -93,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TOPOLOGY,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    topo.add_argument("--json", action="store_true", help="JSON output")
+    topo.add_argument("--format", choices=TOPOLOGY_FORMATS, default="text",
+                      help="text (default), json, or the figure as Graphviz dot or svg")
+    topo.add_argument("--json", action="store_const", const="json", dest="format",
+                      help="the same as --format json")
 
     daemon = sub.add_parser(
         "daemon",
@@ -172,10 +180,17 @@ def _run_topology(args: argparse.Namespace) -> int:
     from tracer import topology
 
     topo = topology.discover(topology.docker_client())
-    if args.json:
+    if args.format == "json":
         print(json.dumps(topo.to_dict(), indent=2))
-    else:
+    elif args.format == "text":
         print(topology.format_text(topo))
+    else:
+        from tracer import figure
+
+        uncounted = {cid: reason for cid, c in topo.containers.items()
+                     if (reason := topology.uncountable_reason(topo, c))}
+        sys.stdout.buffer.write(figure.render(figure.to_dot(topo, uncounted), args.format))
+        sys.stdout.flush()
     return 0
 
 

@@ -17,12 +17,17 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-from tracer import __version__, wire
+from tracer import buildinfo, wire
 from tracer.registry import Registry
+from tracer.settings import COLLECTORS, container_label_name
+from tracer.topology import Container
 
 log = logging.getLogger("cntrace.collector")
 
 DIRECTIONS = {wire.DIR_TX: "tx", wire.DIR_RX: "rx"}
+# Every per-container series carries these, then container_label_<name> of
+# each --docker.label.
+CONTAINER_LABELS = ["container", "compose_project", "compose_service"]
 PROTOCOL_LABEL = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
@@ -57,8 +62,10 @@ class Sampler:
     def __init__(self, counters, registry: Registry, flow_idle_s: float,
                  conntrack: Callable[[], tuple[list, int | None, int | None]] | None,
                  interval: float = 5.0,
-                 clock_ns: Callable[[], int] = wire.flow_clock_ns) -> None:
+                 clock_ns: Callable[[], int] = wire.flow_clock_ns,
+                 walk_flows: bool = True) -> None:
         self._counters = counters
+        self._walk_flows = walk_flows
         self._registry = registry
         self._idle_ns = int(flow_idle_s * 1e9)
         self._conntrack = conntrack
@@ -76,7 +83,7 @@ class Sampler:
         # pass: nothing deletes flows but LRU eviction, so the difference is
         # the evictions (a flow inserted mid-walk only makes it smaller).
         inserts = self._counters.stats()[wire.STAT_FLOW_INSERTS]
-        for flow in self._counters.flows():
+        for flow in self._counters.flows() if self._walk_flows else ():
             entries += 1
             owner = tracked.get(flow.slot)
             # A flow older than its slot's owner belonged to a previous owner.
@@ -144,84 +151,121 @@ def _read_int(path: str) -> int | None:
 
 
 class CntraceCollector:
+    """Every family of cntrace's metrics, each of the switchable ones
+    (tracer/settings.py COLLECTORS) timed and guarded on its own, the
+    node_exporter way: a collector that fails leaves the others standing and
+    says so in cntrace_scrape_collector_success."""
+
     def __init__(self, counters, registry: Registry, sampler: Sampler, stats: DaemonStats,
-                 drop_reasons: dict[int, str]) -> None:
+                 drop_reasons: dict[int, str], collectors: frozenset[str] = frozenset(COLLECTORS),
+                 docker_labels: tuple[str, ...] = ()) -> None:
         self._counters = counters
         self._registry = registry
         self._sampler = sampler
         self._stats = stats
         self._drop_reasons = drop_reasons
+        self._collectors = [name for name in COLLECTORS if name in collectors]
+        self._docker_labels = tuple(docker_labels)
+        self.labels = [*CONTAINER_LABELS, *map(container_label_name, self._docker_labels)]
 
     def describe(self):
         return []   # no fixed description: series depend on the containers
 
+    def _label_values(self, container: Container) -> list[str]:
+        return [container.name, container.compose_project, container.compose_service,
+                *(container.labels.get(name, "") for name in self._docker_labels)]
+
     def collect(self):
         tracked = self._registry.snapshot()
-        names = {slot: t.container.name for slot, t in tracked.items()}
-        yield from self._traffic(names)
-        yield from self._peers(names)
-        yield from self._nat(names)
-        yield from self._drops(names)
-        yield from self._flows(names)
+        everyone = {slot: self._label_values(t.container) for slot, t in tracked.items()}
+        # Traffic is counted on a container's veths: one without them has no
+        # traffic series (cntrace_container_uncounted says why), only drops.
+        uncounted = self._registry.uncounted
+        counted = {slot: values for slot, values in everyone.items()
+                   if tracked[slot].container.id not in uncounted}
+        produce = {"traffic": lambda: self._traffic(counted),
+                   "peers": lambda: self._peers(counted),
+                   "flows": lambda: self._flows(counted),
+                   "nat": lambda: self._nat(counted),
+                   "drops": lambda: self._drops(everyone),
+                   "conntrack": lambda: self._conntrack(counted)}
+        duration = GaugeMetricFamily("cntrace_scrape_collector_duration_seconds",
+                                     "How long each collector took in this scrape",
+                                     labels=["collector"])
+        success = GaugeMetricFamily("cntrace_scrape_collector_success",
+                                    "1 if the collector succeeded in this scrape",
+                                    labels=["collector"])
+        for name in self._collectors:
+            start = time.perf_counter()
+            try:
+                families = list(produce[name]())
+                ok = 1
+            except Exception as exc:  # noqa: BLE001 - a map read failing: the rest still served
+                log.warning("collector %s failed: %s", name, exc)
+                families, ok = [], 0
+            duration.add_metric([name], time.perf_counter() - start)
+            success.add_metric([name], ok)
+            yield from families
+        yield duration
+        yield success
         yield from self._self_metrics(tracked)
 
-    def _traffic(self, names):
+    def _traffic(self, who):
+        labels = [*self.labels, "direction"]
         packets = CounterMetricFamily("cntrace_container_packets",
                                       "IP packets sent (tx) or received (rx) by a container, "
-                                      "counted once at its own interface",
-                                      labels=["container", "direction"])
+                                      "counted once at its own interface", labels=labels)
         nbytes = CounterMetricFamily("cntrace_container_bytes",
                                      "IP-layer bytes (IP header included, link layer excluded) "
-                                     "sent or received by a container",
-                                     labels=["container", "direction"])
-        for slot, name in names.items():
+                                     "sent or received by a container", labels=labels)
+        for slot, values in who.items():
             for direction, label in DIRECTIONS.items():
                 p, b = self._counters.traffic(slot, direction)
-                packets.add_metric([name, label], p)
-                nbytes.add_metric([name, label], b)
+                packets.add_metric([*values, label], p)
+                nbytes.add_metric([*values, label], b)
         yield packets
         yield nbytes
 
-    def _peers(self, names):
+    def _peers(self, who):
+        labels = [*self.labels, "peer", "direction"]
         packets = CounterMetricFamily("cntrace_container_peer_packets",
                                       "Packets between a container and a peer: another "
-                                      "container, the host, or external",
-                                      labels=["container", "peer", "direction"])
+                                      "container, the host, or external", labels=labels)
         nbytes = CounterMetricFamily("cntrace_container_peer_bytes",
                                      "IP-layer bytes between a container and a peer",
-                                     labels=["container", "peer", "direction"])
+                                     labels=labels)
         for key, p, b in self._counters.peer_traffic():
-            if key.slot not in names:
+            if key.slot not in who:
                 continue
             if key.peer == wire.PEER_HOST:
                 peer = "host"
             elif key.peer == wire.PEER_EXTERNAL:
                 peer = "external"
-            elif key.peer in names:
-                peer = names[key.peer]
+            elif key.peer in who:
+                peer = who[key.peer][0]
             else:
                 continue   # a peer container that is gone
-            labels = [names[key.slot], peer, DIRECTIONS.get(key.direction, "tx")]
-            packets.add_metric(labels, p)
-            nbytes.add_metric(labels, b)
+            values = [*who[key.slot], peer, DIRECTIONS.get(key.direction, "tx")]
+            packets.add_metric(values, p)
+            nbytes.add_metric(values, b)
         yield packets
         yield nbytes
 
-    def _nat(self, names):
+    def _nat(self, who):
         snat_p = CounterMetricFamily("cntrace_container_snat_packets",
                                      "Packets of a container's connections rewritten by SNAT "
-                                     "(MASQUERADE)", labels=["container"])
+                                     "(MASQUERADE)", labels=self.labels)
         snat_b = CounterMetricFamily("cntrace_container_snat_bytes",
-                                     "IP-layer bytes rewritten by SNAT", labels=["container"])
+                                     "IP-layer bytes rewritten by SNAT", labels=self.labels)
         snat_t = CounterMetricFamily("cntrace_container_snat_translations",
                                      "New SNAT bindings (connections) of a container",
-                                     labels=["container"])
-        for slot, name in names.items():
+                                     labels=self.labels)
+        for slot, values in who.items():
             p, b, t = self._counters.snat(slot)
-            snat_p.add_metric([name], p)
-            snat_b.add_metric([name], b)
-            snat_t.add_metric([name], t)
-        labels = ["container", "port", "protocol"]
+            snat_p.add_metric(values, p)
+            snat_b.add_metric(values, b)
+            snat_t.add_metric(values, t)
+        labels = [*self.labels, "port", "protocol"]
         dnat_p = CounterMetricFamily("cntrace_container_dnat_packets",
                                      "Packets to a container's published port, after DNAT",
                                      labels=labels)
@@ -232,21 +276,23 @@ class CntraceCollector:
                                      "New DNAT bindings (connections) to a published port",
                                      labels=labels)
         for key, p, b, t in self._counters.dnat():
-            if key.slot not in names:
+            if key.slot not in who:
                 continue
-            values = [names[key.slot], str(key.port), PROTOCOL_LABEL.get(key.proto,
-                                                                         str(key.proto))]
+            values = [*who[key.slot], str(key.port), PROTOCOL_LABEL.get(key.proto,
+                                                                        str(key.proto))]
             dnat_p.add_metric(values, p)
             dnat_b.add_metric(values, b)
             dnat_t.add_metric(values, t)
         yield from (snat_p, snat_b, snat_t, dnat_p, dnat_b, dnat_t)
+
+    def _conntrack(self, who):
         sample = self._sampler.latest
         bindings = GaugeMetricFamily("cntrace_container_nat_bindings",
                                      "Conntrack entries with NAT for a container, by type",
-                                     labels=["container", "type"])
-        for slot, name in names.items():
-            bindings.add_metric([name, "snat"], sample.snat_bindings.get(slot, 0))
-            bindings.add_metric([name, "dnat"], sample.dnat_bindings.get(slot, 0))
+                                     labels=[*self.labels, "type"])
+        for slot, values in who.items():
+            bindings.add_metric([*values, "snat"], sample.snat_bindings.get(slot, 0))
+            bindings.add_metric([*values, "dnat"], sample.dnat_bindings.get(slot, 0))
         yield bindings
         if sample.conntrack_entries is not None:
             yield GaugeMetricFamily("cntrace_conntrack_entries",
@@ -257,34 +303,35 @@ class CntraceCollector:
                                     "The conntrack table's limit (nf_conntrack_max)",
                                     value=sample.conntrack_limit)
 
-    def _drops(self, names):
+    def _drops(self, who):
         drops = CounterMetricFamily("cntrace_container_drops",
                                     "Packets of a container dropped by the kernel, by the "
-                                    "running kernel's drop reason", labels=["container", "reason"])
+                                    "running kernel's drop reason",
+                                    labels=[*self.labels, "reason"])
         for key, count in self._counters.drops():
-            if key.slot in names:
+            if key.slot in who:
                 reason = self._drop_reasons.get(key.reason, str(key.reason))
-                drops.add_metric([names[key.slot], reason], count)
+                drops.add_metric([*who[key.slot], reason], count)
         yield drops
 
-    def _flows(self, names):
+    def _flows(self, who):
         opened = CounterMetricFamily("cntrace_container_flows_opened",
                                      "Flows (5-tuples) a container started or accepted",
-                                     labels=["container"])
+                                     labels=self.labels)
         active = GaugeMetricFamily("cntrace_container_flows_active",
                                    "Flows of a container with a packet in the idle window",
-                                   labels=["container"])
+                                   labels=self.labels)
         sample = self._sampler.latest
-        for slot, name in names.items():
-            opened.add_metric([name], self._counters.flows_opened(slot))
-            active.add_metric([name], sample.active_flows.get(slot, 0))
+        for slot, values in who.items():
+            opened.add_metric(values, self._counters.flows_opened(slot))
+            active.add_metric(values, sample.active_flows.get(slot, 0))
         yield opened
         yield active
 
     def _self_metrics(self, tracked):
         stats = self._counters.stats()
         yield InfoMetricFamily("cntrace_build", "cntrace build information",
-                               value={"version": __version__})
+                               value=buildinfo.labels())
         attached = GaugeMetricFamily("cntrace_hook_attached",
                                      "1 if the BPF program is attached at this hook, with "
                                      "the mechanism this kernel offered for it",
@@ -294,6 +341,14 @@ class CntraceCollector:
         yield attached
         yield GaugeMetricFamily("cntrace_containers", "Containers being accounted",
                                 value=len(tracked))
+        uncounted = GaugeMetricFamily("cntrace_container_uncounted",
+                                      "1 for a running container without traffic counters, "
+                                      "with the reason (host_network, shared_netns, "
+                                      "no_network, macvlan, ipvlan, no_veth, no_slot, "
+                                      "attach_failed)", labels=[*self.labels, "reason"])
+        for container, reason in self._registry.uncounted.values():
+            uncounted.add_metric([*self._label_values(container), reason], 1)
+        yield uncounted
         devices = GaugeMetricFamily("cntrace_tc_devices", "Devices carrying the daemon's tc "
                                     "counting programs: container veths, and the host's exit "
                                     "devices (SNAT is counted as packets leave)",

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     topology.docker_client()   # fail now (exit 5) if the engine cannot be reached
 
     tracer = loader.load(kernel, ringbuf_pages=config.ringbuf_pages,
-                         flow_table_size=config.flow_table_size)
+                         flow_table_size=config.flow_table_size,
+                         collectors=config.collectors & loader.DAEMON_COLLECTORS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -111,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _main_loop(config, web_config, host, port, tracer, stop) -> int:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
 
     from tracer.httpserver import MetricsServer
 
@@ -122,20 +128,28 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         else:
             log.warning("degraded: %s not attached: %s", hook.name, hook.detail)
     counters = BpfCounters(tracer)
+    collectors = config.collectors
     registry = Registry(counters, lambda: topology.discover(topology.docker_client()),
-                        loader.MAX_CONTAINERS)
+                        loader.MAX_CONTAINERS,
+                        counting=bool(collectors & loader.COLLECT_CFLAGS.keys()))
     # The daemon's event stream carries drops only; counting is in the maps.
     filters.install(filters.KernelFilter(flags=wire.FILTER_DROPS_ONLY), tracer)
     from tracer.events import EventReader
 
     reader = EventReader(tracer)
-    sampler = Sampler(counters, registry, config.flow_idle_seconds, read_conntrack,
-                      interval=config.sample_seconds)
+    sampler = Sampler(counters, registry, config.flow_idle_seconds,
+                      read_conntrack if "conntrack" in collectors else None,
+                      interval=config.sample_seconds,
+                      walk_flows=bool(collectors & {"flows", "peers"}))
     metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(CntraceCollector(counters, registry, sampler, stats, tracer.drop_reasons))
+    metrics.register(CntraceCollector(counters, registry, sampler, stats, tracer.drop_reasons,
+                                      collectors, tuple(config.docker_labels)))
+    # The client library's own: process_* (CPU, memory, fds), python_info, python_gc_*.
+    for own in (ProcessCollector, PlatformCollector, GCCollector):
+        own(registry=metrics)
 
     def healthy() -> tuple[bool, str]:
-        if not any(h.attached for h in stats.hooks):
+        if stats.hooks and not any(h.attached for h in stats.hooks):   # none asked: fine
             return False, "no hook attached"
         return True, "ok" if stats.docker_connected else "ok (docker disconnected)"
 
@@ -143,7 +157,24 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         topo = registry.topology
         return topo.to_dict() if topo else {}
 
-    server = MetricsServer(host, port, metrics, web_config, topology_json, healthy)
+    drawn: dict[str, tuple[object, bytes]] = {}   # format -> (what was drawn, the drawing)
+
+    def topology_figure(fmt: str) -> bytes:
+        """Drawn again only when a reconcile changed what is drawn."""
+        from tracer import figure
+
+        topo = registry.topology
+        if topo is None:
+            raise DockerUnavailableError("no topology yet: Docker has not answered")
+        uncounted = {cid: reason for cid, (_, reason) in registry.uncounted.items()}
+        state = (topo, uncounted)
+        if fmt not in drawn or drawn[fmt][0] != state:
+            drawn[fmt] = (state, figure.render(figure.to_dot(topo, uncounted), fmt))
+        return drawn[fmt][1]
+
+    server = MetricsServer(host, port, metrics, web_config, topology_json, healthy,
+                           telemetry_path=config.web_telemetry_path,
+                           topology_figure=topology_figure)
     dirty = threading.Event()
     # The event stream connects before the first reconcile and the first
     # scrape: no container start slips between, docker_connected starts at 1.
@@ -155,8 +186,9 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         _reconcile(registry)
         threading.Thread(target=sampler.run, name="sampler", daemon=True).start()
         server.start()
-        log.info("serving /metrics on %s:%d%s", host, server.port, " (TLS)" if web_config and
-                 web_config.tls else "")
+        log.info("serving %s on %s:%d%s; collectors: %s", config.web_telemetry_path, host,
+                 server.port, " (TLS)" if web_config and web_config.tls else "",
+                 ", ".join(sorted(collectors)) or "none")
         last_reconcile = time.monotonic()
         seen_drops: set[tuple[str, str]] = set()
         while not stop.is_set():

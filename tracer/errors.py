@@ -40,3 +40,10 @@ class UnsafeTargetError(CntraceError):
     """A send was refused: the destination does not route into our own namespaces."""
 
     exit_code = 6
+
+
+class FigureError(CntraceError):
+    """Graphviz is missing or failed: the figure cannot be drawn (the text and
+    JSON topologies still can)."""
+
+    exit_code = 7

@@ -1,4 +1,5 @@
-"""The daemon's HTTP endpoint: /metrics, /healthz, /topology and an index page.
+"""The daemon's HTTP endpoint: the metrics (/metrics, or --web.telemetry-path),
+/healthz, /topology (JSON, SVG or DOT) and a landing page with the live figure.
 
 A ThreadingHTTPServer, one thread per connection, in a daemon thread. Basic
 auth, when the web config has users, guards every path, unknown ones included.
@@ -26,11 +27,11 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from tracer import __version__
+from tracer import __version__, landing_page
 from tracer.errors import CntraceError, UsageError
 from tracer.webconfig import WebConfig
 
@@ -43,16 +44,9 @@ REALM = "cntrace"
 POLL_INTERVAL = 0.1
 
 _TEXT = "text/plain; charset=utf-8"
-_INDEX = b"""<!DOCTYPE html>
-<html><head><title>cntrace</title></head><body>
-<h1>cntrace</h1>
-<ul>
-<li><a href="metrics">/metrics</a> Prometheus metrics</li>
-<li><a href="healthz">/healthz</a> health</li>
-<li><a href="topology">/topology</a> containers, veths and bridges as JSON</li>
-</ul>
-</body></html>
-"""
+# What /topology?format= serves, with its content type.
+TOPOLOGY_FORMATS = {"json": "application/json", "svg": "image/svg+xml",
+                    "dot": "text/vnd.graphviz; charset=utf-8"}
 
 
 class Response(NamedTuple):
@@ -70,13 +64,22 @@ class MetricsServer:
     """Serves `registry` and the daemon's state over HTTP(S) until stop()."""
 
     def __init__(self, address: str, port: int, registry: Any, web_config: WebConfig | None,
-                 topology_json: Callable[[], dict], healthy: Callable[[], tuple[bool, str]]):
+                 topology_json: Callable[[], dict], healthy: Callable[[], tuple[bool, str]],
+                 telemetry_path: str = "/metrics",
+                 topology_figure: Callable[[str], bytes] | None = None):
+        """topology_figure(format) draws the topology as "svg" or "dot"
+        (tracer/figure.py); without it /topology serves JSON only."""
         self.address = address
         self.requested_port = port
         self.registry = registry
         self.web_config = web_config
         self.topology_json = topology_json
+        self.topology_figure = topology_figure
         self.healthy = healthy
+        self.telemetry_path = telemetry_path
+        self._routes: dict[str, Callable[[Any, str], Response]] = {
+            "/": self._index, telemetry_path: self._metrics, "/healthz": self._healthz,
+            "/topology": self._topology}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -118,18 +121,18 @@ class MetricsServer:
     def authorized(self, authorization: str | None) -> bool:
         return self.web_config is None or self.web_config.check_basic_auth(authorization)
 
-    def respond(self, path: str, headers: Any) -> Response:
+    def respond(self, path: str, headers: Any, query: str = "") -> Response:
         """The response to an authorized GET of `path`."""
-        route = _ROUTES.get(path)
+        route = self._routes.get(path)
         if route is None:
             return _text(404, f"{path}: not found (see /)")
         try:
-            return route(self, headers)
+            return route(headers, query)
         except Exception as exc:
             log.error("cntrace: GET %s failed: %s: %s", path, type(exc).__name__, exc)
             return _text(500, f"{path}: internal error: {exc}")
 
-    def _metrics(self, headers: Any) -> Response:
+    def _metrics(self, headers: Any, query: str) -> Response:
         encoder, content_type = choose_encoder(headers.get("Accept", ""))
         body = encoder(self.registry)
         if gzip_accepted(headers.get("Accept-Encoding", "")):
@@ -137,27 +140,27 @@ class MetricsServer:
                             (("Content-Encoding", "gzip"),))
         return Response(200, content_type, body)
 
-    def _healthz(self, headers: Any) -> Response:
+    def _healthz(self, headers: Any, query: str) -> Response:
         ok, reason = self.healthy()
         return _text(200, "ok") if ok else _text(503, reason)
 
-    def _topology(self, headers: Any) -> Response:
+    def _topology(self, headers: Any, query: str) -> Response:
+        fmt = (parse_qs(query).get("format") or ["json"])[0]
+        if fmt not in TOPOLOGY_FORMATS or (fmt != "json" and self.topology_figure is None):
+            return _text(400, f"format '{fmt[:20]}': expected one of "
+                              f"{', '.join(TOPOLOGY_FORMATS)}")
         try:
-            doc = self.topology_json()
-        except CntraceError as exc:  # Docker down, say: a state, not a bug
+            if fmt == "json":
+                body = json.dumps(self.topology_json()).encode() + b"\n"
+            else:
+                body = self.topology_figure(fmt)
+        except CntraceError as exc:  # Docker down, Graphviz missing: a state, not a bug
             return _text(503, str(exc))
-        return Response(200, "application/json", json.dumps(doc).encode() + b"\n")
+        return Response(200, TOPOLOGY_FORMATS[fmt], body)
 
-    def _index(self, headers: Any) -> Response:
-        return Response(200, "text/html; charset=utf-8", _INDEX)
-
-
-_ROUTES: dict[str, Callable[[MetricsServer, Any], Response]] = {
-    "/": MetricsServer._index,
-    "/metrics": MetricsServer._metrics,
-    "/healthz": MetricsServer._healthz,
-    "/topology": MetricsServer._topology,
-}
+    def _index(self, headers: Any, query: str) -> Response:
+        return Response(200, "text/html; charset=utf-8",
+                        landing_page.render(self.telemetry_path))
 
 
 def _host_port(address: str, port: int) -> str:
@@ -208,7 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, send_body: bool) -> None:
         app = self.server.app
         if app.authorized(self.headers.get("Authorization")):
-            response = app.respond(urlsplit(self.path).path, self.headers)
+            url = urlsplit(self.path)
+            response = app.respond(url.path, self.headers, url.query)
         else:
             response = _text(401, "unauthorized")._replace(
                 headers=(("WWW-Authenticate", f'Basic realm="{REALM}"'),))

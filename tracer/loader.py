@@ -73,6 +73,11 @@ DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
 VETH_ARRAY_SIZE = 65536    # host veth ifindexes looked up in an array (bpf/accounting.h)
+# The daemon's collectors whose per-packet work is compiled in or out of its
+# veth programs (bpf/accounting.h count_tc); "drops" is the kfree_skb program.
+COLLECT_CFLAGS = {"traffic": "-DCOLLECT_TRAFFIC", "peers": "-DCOLLECT_PEERS",
+                  "flows": "-DCOLLECT_FLOWS", "nat": "-DCOLLECT_NAT"}
+DAEMON_COLLECTORS = frozenset([*COLLECT_CFLAGS, "drops"])
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,7 @@ class Compiled:
     daemon: bool
     cached: bool = False     # programs from tracer.bpfcache, no full compile
     nat_in_tc: bool = False  # the daemon counts NAT in its tc programs (bpf/accounting.h)
+    collectors: frozenset[str] = DAEMON_COLLECTORS   # the daemon's BPF work asked for
 
 
 def compile_programs(
@@ -254,14 +260,18 @@ def compile_programs(
     ringbuf_pages: int = 256,
     netfilter: bool = True,
     flow_table_size: int | None = None,
+    collectors: frozenset[str] = DAEMON_COLLECTORS,
 ) -> Compiled:
     """The slow half of load() (clang: ~0.6 s of a core), safe to run in a
     thread while the caller discovers the topology.  With flow_table_size,
-    the daemon's counters (bpf/accounting.h) are compiled in too."""
+    the daemon's counters (bpf/accounting.h) are compiled in too, with the
+    work of `collectors` only."""
     check_privileges()
     from bcc import BPF  # imported late: ~100 MB, and absent where only unit tests run
 
     daemon = flow_table_size is not None
+    if daemon:
+        netfilter = netfilter and "nat" in collectors   # the daemon's hooks count NAT only
     # The daemon counts NAT in its tc programs when they can read the
     # conntrack entry: no netfilter program of its own then.
     nat_in_tc = daemon and netfilter and kernel.layout.has_conntrack and \
@@ -271,7 +281,8 @@ def compile_programs(
     cflags = [*kernel.layout.cflags(), f"-DRINGBUF_PAGES={ringbuf_pages}", *nat.cflags()]
     if daemon:
         cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
-                   f"-DMAX_CONTAINERS={MAX_CONTAINERS}", f"-DVETH_ARRAY_SIZE={VETH_ARRAY_SIZE}"]
+                   f"-DMAX_CONTAINERS={MAX_CONTAINERS}", f"-DVETH_ARRAY_SIZE={VETH_ARRAY_SIZE}",
+                   *(flag for name, flag in COLLECT_CFLAGS.items() if name in collectors)]
         if not nat_in_tc:
             cflags.append("-DNAT_IN_NETFILTER")
     source = program_source()
@@ -289,7 +300,8 @@ def compile_programs(
             except BaseException:
                 bpf.cleanup()
                 raise
-            return Compiled(bpf, nat, netfilter, daemon, cached=True, nat_in_tc=nat_in_tc)
+            return Compiled(bpf, nat, netfilter, daemon, cached=True, nat_in_tc=nat_in_tc,
+                            collectors=collectors)
         except Exception:  # bcc's bare Exception, or a refused program: compile it all
             pass
     try:
@@ -300,7 +312,7 @@ def compile_programs(
     if key:
         functions = [f for f in _program_types() if _has_function(bpf, f)]
         bpfcache.save(bpf, key, bpfcache.map_names(source), functions)
-    return Compiled(bpf, nat, netfilter, daemon, nat_in_tc=nat_in_tc)
+    return Compiled(bpf, nat, netfilter, daemon, nat_in_tc=nat_in_tc, collectors=collectors)
 
 
 def _bcc_version() -> str:
@@ -335,12 +347,13 @@ def attach(
     """Attach what compile_programs() loaded; KernelFeatureError if nothing
     can attach."""
     tracer = Tracer(compiled.bpf, kernel.layout, kernel.drop_reasons)
+    wanted = compiled.collectors
     if compiled.daemon:   # traffic is counted by tcx on container veths, not device tracepoints
-        tracepoints = [name for name in tracepoints if name == "kfree_skb"]
+        tracepoints = [name for name in tracepoints if name == "kfree_skb" and "drops" in wanted]
     try:
         for name in tracepoints:
             tracer.hooks.append(_attach_raw_tracepoint(compiled.bpf, name))
-        if compiled.daemon:
+        if compiled.daemon and wanted & COLLECT_CFLAGS.keys():
             tracer.hooks.extend(_load_tc_programs(tracer, compiled.nat_in_tc))
         if compiled.netfilter:
             # The daemon (NAT_IN_NETFILTER) counts NAT only where NAT happens: PRE, OUT, POST.
@@ -349,7 +362,7 @@ def attach(
     except BaseException:
         tracer.close()
         raise
-    if not tracer.attached:
+    if tracer.hooks and not tracer.attached:   # none asked for: the daemon's collectors off
         tracer.close()
         missing = "; ".join(f"{h.name}: {h.detail}" for h in tracer.hooks)
         raise KernelFeatureError(f"no BPF hook could be attached ({missing})")
@@ -362,10 +375,11 @@ def load(
     tracepoints: Iterable[str] = tuple(RAW_TRACEPOINTS),
     netfilter: bool = True,
     flow_table_size: int | None = None,
+    collectors: frozenset[str] = DAEMON_COLLECTORS,
 ) -> Tracer:
     """Compile, load and attach; KernelFeatureError if nothing can attach."""
-    return attach(kernel, compile_programs(kernel, ringbuf_pages, netfilter, flow_table_size),
-                  tracepoints)
+    return attach(kernel, compile_programs(kernel, ringbuf_pages, netfilter, flow_table_size,
+                                           collectors), tracepoints)
 
 
 def _load_tc_programs(tracer: Tracer, nat_in_tc: bool) -> list[HookStatus]:

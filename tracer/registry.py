@@ -20,11 +20,14 @@ from typing import Protocol
 from tracer import wire
 from tracer.topology import (
     ARPHRD_ETHER,
+    ATTACH_FAILED,
     LOOPBACK_IFINDEX,
+    NO_SLOT,
     ROLE_HOST,
     ROLE_VETH_HOST,
     Container,
     Topology,
+    uncountable_reason,
 )
 
 log = logging.getLogger("cntrace.registry")
@@ -91,6 +94,16 @@ def exit_devices(topo: Topology) -> dict[int, int]:
             and i.ifindex != LOOPBACK_IFINDEX and i.kind not in STACKED_KINDS}
 
 
+def uncounted_reason(topo: Topology, container: Container, tracked: Tracked | None) -> str | None:
+    """Why `container` is not counted (the `reason` of
+    cntrace_container_uncounted), or None when its veths carry the counting
+    programs."""
+    if tracked is not None and tracked.linked:
+        return None
+    return uncountable_reason(topo, container) or (NO_SLOT if tracked is None
+                                                   else ATTACH_FAILED)
+
+
 class Registry:
     def __init__(
         self,
@@ -98,8 +111,12 @@ class Registry:
         discover: Callable[[], Topology],
         max_slots: int,
         clock_ns: Callable[[], int] = wire.flow_clock_ns,
+        counting: bool = True,
     ) -> None:
+        """counting: the veth programs are to be attached (some per-packet
+        collector is on)."""
         self._maps = maps
+        self._counting = counting
         self._discover = discover
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
@@ -110,6 +127,8 @@ class Registry:
         self.attribution_failures = 0
         self._failed_veths: set[int] = set()   # counted once, retried each reconcile
         self.exits: set[int] = set()             # exit devices carrying the SNAT counter
+        # Running containers without counters, by id: (container, reason).
+        self.uncounted: dict[str, tuple[Container, str]] = {}
 
     def snapshot(self) -> dict[int, Tracked]:
         with self._lock:
@@ -144,6 +163,9 @@ class Registry:
                     self._update(current, container, ifaces, addresses, veths)
             self._failed_veths &= {i.ifindex for i in topo.interfaces.values()
                                    if i.role == ROLE_VETH_HOST}
+            reasons = {cid: (c, uncounted_reason(topo, c, self._by_id.get(cid)))
+                       for cid, c in topo.containers.items()} if self._counting else {}
+            self.uncounted = {cid: pair for cid, pair in reasons.items() if pair[1]}
         return started, gone
 
     def _update_exits(self, exits: dict[int, int]) -> None:
@@ -201,7 +223,7 @@ class Registry:
         for address in tracked.addresses - known.addresses:
             self._maps.set_addr(address, tracked.slot)
         linked = set(tracked.linked)
-        for ifindex in tracked.veths - tracked.linked:
+        for ifindex in tracked.veths - tracked.linked if self._counting else ():
             if self._link(tracked, ifindex):
                 linked.add(ifindex)
         return dataclasses.replace(tracked, linked=frozenset(linked))

@@ -8,15 +8,31 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 
 from tracer import filters
 from tracer.errors import UsageError
+
+# The families of metrics that cost something per packet or per scrape, each
+# switched by --collector.<name> / --no-collector.<name>, with what it costs
+# (README.md "Collectors" has the measured figures).
+COLLECTORS = {
+    "traffic": "packets and bytes per container: one per-CPU array update per packet",
+    "peers": "traffic per peer: a flow lookup (cached per CPU) and a hash update per packet",
+    "flows": "flows opened and active: the flow table (shared with peers), walked each sample",
+    "nat": "SNAT and DNAT per container: two kernel reads per packet, a program on each "
+           "exit device",
+    "drops": "drops by reason: a program on every freed packet (kfree_skb)",
+    "conntrack": "the conntrack table's use and NAT bindings: /proc/net/nf_conntrack read "
+                 "each sample",
+}
 
 
 @dataclass
 class Config:
     web_listen_address: str = "127.0.0.1:9476"
+    web_telemetry_path: str = "/metrics"
     web_config_file: str | None = None
     flow_table_size: int = 65536
     flow_idle_seconds: float = 60.0
@@ -24,6 +40,23 @@ class Config:
     sample_seconds: float = 5.0
     ringbuf_pages: int = 64
     log_level: str = "info"
+    docker_labels: list[str] = field(default_factory=list)
+    collector_traffic: bool = True
+    collector_peers: bool = True
+    collector_flows: bool = True
+    collector_nat: bool = True
+    collector_drops: bool = True
+    collector_conntrack: bool = True
+
+    @property
+    def collectors(self) -> frozenset[str]:
+        return frozenset(n for n in COLLECTORS if getattr(self, f"collector_{n}"))
+
+
+def container_label_name(docker_label: str) -> str:
+    """A Docker label as a Prometheus label name, the cAdvisor way:
+    container_label_ and the label with every other character an underscore."""
+    return "container_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", docker_label)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDR:PORT",
                         help="where to serve /metrics (default 127.0.0.1:9476; "
                         "0.0.0.0:9476 exposes it)")
+    parser.add_argument("--web.telemetry-path", dest="web_telemetry_path", metavar="PATH",
+                        help="where the metrics are served (default /metrics)")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                         help="TLS and basic auth, in the Prometheus exporter-toolkit format")
     parser.add_argument("--flow-table-size", type=int, help="LRU flow table entries "
@@ -41,13 +76,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconcile-seconds", type=float,
                         help="full resync with Docker at least this often (default 30)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--docker.label", dest="docker_labels", action="append",
+                        metavar="NAME", help="export this container label as "
+                        "container_label_<NAME> on every per-container series; repeatable")
+    for name, cost in COLLECTORS.items():
+        parser.add_argument(f"--collector.{name}", dest=f"collector_{name}",
+                            action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{cost} (default on)")
 
 
-def _coerce(name: str, value, kind):
+def _coerce(name: str, value, kind: str):
+    """A setting's value from a flag, CNTRACE_* variable or YAML, as `kind`
+    (the Config field's annotation)."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise UsageError(f"config {name}: '{str(value)[:40]}' is not true or false")
+    if kind == "list[str]":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise UsageError(f"config {name}: expected a list of names")
+        return [_coerce(name, str(item).strip(), "str") for item in items if str(item).strip()]
     try:
-        if kind in ("int", int):
+        if kind == "int":
             return int(value)
-        if kind in ("float", float):
+        if kind == "float":
             number = float(value)
             if not math.isfinite(number):
                 raise ValueError(value)
@@ -83,9 +141,8 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) 
             values[name] = flag
     config = Config()
     for name, value in values.items():
-        kind = known[name]
-        setattr(config, name, _coerce(name, value, "int" if "int" in str(kind) else
-                                      "float" if "float" in str(kind) else kind))
+        kind = str(known[name]).split(" |")[0]   # "str | None": a str, or left unset
+        setattr(config, name, _coerce(name, value, kind))
     _validate(config)
     return config
 
@@ -118,6 +175,16 @@ def split_listen_address(text: str) -> tuple[str, int]:
 
 def _validate(config: Config) -> None:
     split_listen_address(config.web_listen_address)
+    path = config.web_telemetry_path or ""
+    if not path.startswith("/") or path in ("/", "/healthz", "/topology") or "?" in path:
+        raise UsageError(f"web_telemetry_path '{path[:40]}': expected an absolute path other "
+                         "than /, /healthz and /topology")
+    seen: dict[str, str] = {}
+    for label in config.docker_labels:
+        name = container_label_name(label)
+        if name in seen and seen[name] != label:
+            raise UsageError(f"docker labels '{seen[name]}' and '{label}' both export as {name}")
+        seen[name] = label
     if not 1024 <= config.flow_table_size <= 4_194_304:
         raise UsageError(f"flow_table_size {config.flow_table_size}: expected 1024-4194304")
     for name in ("flow_idle_seconds", "reconcile_seconds", "sample_seconds"):

@@ -65,6 +65,21 @@ class Interface:
     link_type: int = ARPHRD_ETHER  # ifi_type: ARPHRD_ETHER, or ARPHRD_NONE (tun, wireguard)
 
 
+# The labels Compose puts on every container it creates.
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """`-p HOST_IP:HOST_PORT:PORT/PROTOCOL`: docker's DNAT to the container."""
+
+    host_ip: str
+    host_port: int
+    port: int
+    protocol: str
+
+
 @dataclass(frozen=True)
 class Container:
     id: str
@@ -73,12 +88,23 @@ class Container:
     netns: int
     networks: dict[str, str]  # network name -> IPv4
     ipv6: dict[str, str] = field(default_factory=dict)  # network name -> IPv6
+    labels: dict[str, str] = field(default_factory=dict)
+    network_mode: str = ""  # HostConfig.NetworkMode: bridge, host, none, container:<id>, ...
+    ports: tuple[PublishedPort, ...] = ()
 
     @property
     def addresses(self) -> frozenset[str]:
         """Every address it has, in the canonical form events carry."""
         ips = [*self.networks.values(), *self.ipv6.values()]
         return frozenset(str(ipaddress.ip_address(ip)) for ip in ips if ip)
+
+    @property
+    def compose_project(self) -> str:
+        return self.labels.get(COMPOSE_PROJECT_LABEL, "")
+
+    @property
+    def compose_service(self) -> str:
+        return self.labels.get(COMPOSE_SERVICE_LABEL, "")
 
 
 @dataclass(frozen=True)
@@ -151,6 +177,35 @@ class Topology:
             "containers": [asdict(c) for c in self.containers.values()],
             "interfaces": [asdict(self.interfaces[k]) for k in sorted(self.interfaces)],
         }
+
+
+# Why a running container has no traffic counters: the `reason` label of
+# cntrace_container_uncounted (drops on its interfaces are still counted).
+HOST_NETWORK = "host_network"      # --network host: its packets are the host's own
+SHARED_NETNS = "shared_netns"      # --network container:X: counted as X
+NO_NETWORK = "no_network"          # --network none: loopback only
+NO_VETH = "no_veth"                # interfaces, but none with a host-side veth peer
+NO_SLOT = "no_slot"                # every counter slot is taken (tracer/registry.py)
+ATTACH_FAILED = "attach_failed"    # its veth refused the counting programs (retried)
+# Interfaces of these kinds reach the wire below the host's netns, never
+# through a veth: the kind itself is the reason.
+VETHLESS_KINDS = ("macvlan", "ipvlan")
+
+
+def uncountable_reason(topo: Topology, container: Container) -> str | None:
+    """Why the daemon cannot count `container` whatever it does, from the
+    topology alone; None when it has a host-side veth to count on."""
+    if container.network_mode.startswith("container:"):
+        return SHARED_NETNS
+    if container.netns == topo.host_netns:
+        return HOST_NETWORK
+    if topo.host_veths(container.id):
+        return None
+    own = [i for i in topo.container_interfaces(container.id) if i.ifindex != LOOPBACK_IFINDEX]
+    if not own:
+        return NO_NETWORK
+    kinds = {i.kind for i in own}
+    return next((k for k in VETHLESS_KINDS if k in kinds), NO_VETH)
 
 
 # ------------------------------------------------------------ netlink facts
@@ -260,9 +315,25 @@ def _option(options: dict[str, str], name: str) -> bool:
     return str(options.get(f"com.docker.network.bridge.{name}", "true")).lower() != "false"
 
 
+def parse_ports(ports: dict[str, Any] | None) -> tuple[PublishedPort, ...]:
+    """NetworkSettings.Ports ({"80/tcp": [{"HostIp": ..., "HostPort": "8080"}]}):
+    the published ones, each host address once."""
+    found = []
+    for spec, bindings in _mapping(ports).items():
+        port, _, protocol = str(spec).partition("/")
+        for binding in bindings if isinstance(bindings, list) else ():
+            binding = _mapping(binding)
+            if str(binding.get("HostPort", "")).isdigit() and port.isdigit():
+                found.append(PublishedPort(str(binding.get("HostIp") or "0.0.0.0"),
+                                           int(binding["HostPort"]), int(port),
+                                           protocol or "tcp"))
+    return tuple(sorted(set(found), key=lambda p: (p.port, p.protocol, p.host_ip)))
+
+
 def parse_container(attrs: dict[str, Any], netns: int) -> Container:
     """A Container from `docker inspect` data and its netns inode."""
-    endpoints = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    settings = _mapping(attrs.get("NetworkSettings"))
+    endpoints = settings.get("Networks") or {}
     return Container(
         id=attrs["Id"],
         name=attrs["Name"].lstrip("/"),
@@ -272,7 +343,17 @@ def parse_container(attrs: dict[str, Any], netns: int) -> Container:
         ipv6={
             n: e["GlobalIPv6Address"] for n, e in endpoints.items() if e.get("GlobalIPv6Address")
         },
+        labels={str(k): str(v) for k, v in _mapping(_mapping(attrs.get("Config"))
+                                                    .get("Labels")).items()},
+        network_mode=str(_mapping(attrs.get("HostConfig")).get("NetworkMode") or ""),
+        ports=parse_ports(settings.get("Ports")),
     )
+
+
+def _mapping(value: Any) -> dict:
+    """`value` if it is a JSON object, else an empty one (a field Docker left
+    out, null, or of another shape in some engine version)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _endpoint_network(attrs: dict[str, Any], link: Link) -> str | None:
@@ -304,7 +385,10 @@ def assemble(
     topo = Topology(host_netns=host.inode, interfaces={}, containers={}, networks=nets)
     claimed: set[int] = set()  # netns whose links already went to a container
     peers: dict[int, tuple[Container, str | None]] = {}  # host veth ifindex -> container, network
-    for attrs, ns in containers:
+    # A netns's links go to its owner, not to a container that joined it
+    # (--network container:x), whichever Docker lists first.
+    for attrs, ns in sorted(containers, key=lambda pair: str(
+            _mapping(pair[0].get("HostConfig")).get("NetworkMode")).startswith("container:")):
         c = parse_container(attrs, ns.inode)
         topo.containers[c.id] = c
         # --network host shares the host's links; --network container:x shares x's.
@@ -513,7 +597,14 @@ def format_text(topo: Topology) -> str:
         lines.append("containers without a network of their own")
         for c in others:
             where = "the host netns" if c.netns == topo.host_netns else f"netns {c.netns}"
-            lines.extend(_row(c.name, ["in", where]))
+            lines.extend(_row(c.name, ["in", where, *_compose_words(c)]))
+    uncountable = [(c, uncountable_reason(topo, c)) for c in sorted(
+        topo.containers.values(), key=lambda c: c.name)]
+    if any(reason for _, reason in uncountable):
+        lines.append("not counted by the daemon (no veth of their own)")
+        for c, reason in uncountable:
+            if reason:
+                lines.extend(_row(c.name, [reason]))
     lines.append(f"host netns {topo.host_netns}")
     for i in sorted(host_if.values(), key=lambda i: i.ifindex):
         if i.role != ROLE_HOST:
@@ -538,11 +629,20 @@ def _container_rows(
 ) -> list[str]:
     ip = c.networks[net.name]
     own = [i for i in topo.container_interfaces(c.id) if i.network == net.name]
+    ports = [f"{p.host_ip}:{p.host_port}->{p.port}/{p.protocol}" for p in c.ports]
     if not own:
-        return _row(c.name, [f"{ip:<15}", f"netns {c.netns}"])
+        return _row(c.name, [f"{ip:<15}", f"netns {c.netns}", *_compose_words(c), *ports])
     rows = []
     for i in own:
         peer = host_if.get(i.peer_ifindex) if i.peer_ifindex else None
         right = ["<->", f"{peer.name}/{peer.ifindex}"] if peer else []
-        rows.extend(_row(c.name, [f"{ip:<15}", f"{i.name}/{i.ifindex}@{c.netns}", *right]))
+        rows.extend(_row(c.name, [f"{ip:<15}", f"{i.name}/{i.ifindex}@{c.netns}", *right,
+                                  *_compose_words(c), *ports]))
     return rows
+
+
+def _compose_words(c: Container) -> list[str]:
+    """`compose PROJECT/SERVICE` for a container Compose created."""
+    if not (c.compose_project or c.compose_service):
+        return []
+    return [f"compose {c.compose_project}/{c.compose_service}"]

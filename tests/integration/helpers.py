@@ -305,7 +305,8 @@ def extra_container(client, name: str, network: str = "bridge", **kwargs):
         client.containers.get(name).remove(force=True)
     container = client.containers.run(IMAGE_TAG, kwargs.pop("command", ["sleep", "3600"]),
                                       name=name, detach=True, network=network,
-                                      labels={LABEL: "cntrace-test"}, **kwargs)
+                                      labels={LABEL: "cntrace-test", **kwargs.pop("labels", {})},
+                                      **kwargs)
     try:
         container.reload()
         yield container

@@ -32,6 +32,7 @@ from tests.integration.test_daemon_live import Daemon, wait_until
 from tests.integration.test_ping_live import extra_container, iptables_rule
 from tracer.probe import open_socket
 from tracer.testbed import check_route
+from tracer.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,6 +41,8 @@ pytestmark = [
 ]
 
 WEB, WEB_PORT = "cntrace-test-dashweb", 18082   # a published port, for DNAT series
+# WEB as Compose would label it: the project and service variables list it.
+PROJECT, SERVICE = "cntrace-dash", "web"
 DASHBOARD = load_dashboard()
 
 
@@ -101,7 +104,8 @@ def prom(testbed, docker_client, tmp_path_factory):
                 [RULES]))
             stack.enter_context(extra_container(
                 docker_client, WEB, ports={"80/tcp": WEB_PORT},
-                command=["httpd", "-f", "-p", "80", "-h", "/"]))
+                command=["httpd", "-f", "-p", "80", "-h", "/"],
+                labels={COMPOSE_PROJECT_LABEL: PROJECT, COMPOSE_SERVICE_LABEL: SERVICE}))
             daemon.wait_ready()
             wait_until(lambda: WEB in daemon.text(), f"the daemon counts {WEB}")
             # A DNAT or drop series first appears with its first packet counted,
@@ -146,6 +150,9 @@ SHOWN = [
      {"container": WEB, "port": str(WEB_PORT), "protocol": "tcp"}),
     ("Drops/s by container and reason", {"container": "cntrace-test-a",
                                          "reason": "NETFILTER_DROP"}),
+    ("Packets/s by service and direction", {"compose_project": PROJECT,
+                                            "compose_service": SERVICE, "direction": "rx"}),
+    ("Containers per service", {"compose_project": PROJECT, "compose_service": SERVICE}),
 ]
 
 
@@ -161,8 +168,10 @@ def test_panel_shows_the_traffic_sent(prom, panel, labels):
 @pytest.mark.parametrize("name", sorted(variable_queries(DASHBOARD)))
 def test_dashboard_variable_lists_the_testbed(prom, testbed, name):
     promql, label = label_values_as_promql(variable_queries(DASHBOARD)[name])
-    values = {r["metric"][label] for r in prom.wait_for(substitute(promql, TEMPLATE_VALUES))}
-    expected = {"instance": {"127.0.0.1"},
+    # a container not from Compose has an empty project: no label at all in PromQL
+    values = {r["metric"].get(label, "")
+              for r in prom.wait_for(substitute(promql, TEMPLATE_VALUES))}
+    expected = {"instance": {"127.0.0.1"}, "project": {PROJECT}, "service": {SERVICE},
                 "container": {c.name for c in testbed.containers.values()} | {WEB}}[name]
     assert expected <= values
 

@@ -145,11 +145,11 @@ def test_dashboard_variables():
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("instance", "container"):
+    for name in ("instance", "project", "service", "container"):
         variable = variables[name]
         assert variable["type"] == "query" and variable["datasource"]["uid"] == "${datasource}"
         assert variable["includeAll"] and variable["allValue"] == ".*"
-    assert set(variable_queries(dashboard)) == {"instance", "container"}
+    assert set(variable_queries(dashboard)) == {"instance", "project", "service", "container"}
 
 
 def test_every_panel_queries_prometheus_with_expr():

@@ -239,3 +239,25 @@ def test_exit_devices_are_linked_and_a_device_that_becomes_a_containers_veth_mov
     registry.reconcile()
     assert maps.exits == {20: 14} and 11 in maps.veths
     assert order.index("exit") < order.index("veth")   # one program set per device at a time
+
+
+def test_containers_without_counters_are_listed_with_the_reason():
+    refused = Registry(FakeMaps(link_result=FAILED), fakes.topology, 16)
+    refused.reconcile()
+    assert {c.name: r for c, r in refused.uncounted.values()} == {"a": "attach_failed",
+                                                                  "b": "attach_failed"}
+    full = Registry(FakeMaps(), fakes.topology, 1)
+    full.reconcile()
+    assert sorted(r for _, r in full.uncounted.values()) == ["no_slot"]
+    linked = Registry(FakeMaps(), fakes.topology, 16)
+    linked.reconcile()
+    assert linked.uncounted == {}
+
+
+def test_with_no_per_packet_collector_no_veth_is_linked_nor_listed():
+    maps = FakeMaps()
+    registry = Registry(maps, fakes.topology, 16, counting=False)
+    registry.reconcile()
+    assert maps.link_attempts == 0 and maps.veths == {}
+    assert registry.uncounted == {}
+    assert len(registry.snapshot()) == 2   # still slotted: drops are counted by address

@@ -11,15 +11,22 @@ import requests
 
 from tracer.errors import DockerUnavailableError, UsageError
 from tracer.topology import (
+    COMPOSE_PROJECT_LABEL,
+    COMPOSE_SERVICE_LABEL,
+    HOST_NETWORK,
+    NO_NETWORK,
     ROLE_BRIDGE,
     ROLE_CONTAINER,
     ROLE_HOST,
     ROLE_VETH_HOST,
+    SHARED_NETNS,
     Link,
     NetnsLinks,
+    PublishedPort,
     assemble,
     discover,
     format_text,
+    uncountable_reason,
 )
 
 HOST_NS = 4026531833
@@ -175,6 +182,51 @@ def test_host_and_shared_netns_containers():
     text = format_text(topo)
     assert "hostnet" in text and "in the host netns" in text
     assert "sidecar" in text and f"in netns {A_NS}" in text
+
+
+def test_a_container_that_joined_another_netns_does_not_take_its_interfaces():
+    """Docker lists newest first: the sidecar (--network container:a) comes
+    before a, and a's eth0 and veth are still a's."""
+    sidecar = {**container("sidecar", "eeee" + "0" * 60, 106, {}),
+               "HostConfig": {"NetworkMode": f"container:{A_ID}"}}
+    topo = assemble(HOST, [(sidecar, A_NS_LINKS), (A, A_NS_LINKS)], NETWORKS)
+    assert topo.lookup(A_NS, 16).container == "cntrace-test-a"
+    assert topo.lookup(HOST_NS, 17).container == "cntrace-test-a"
+    assert uncountable_reason(topo, topo.find_container("sidecar")) == SHARED_NETNS
+    assert uncountable_reason(topo, topo.find_container("cntrace-test-a")) is None
+
+
+def test_why_a_container_cannot_be_counted():
+    host_mode = {**container("hostnet", "dddd" + "0" * 60, 105, {"host": ("", "")}),
+                 "HostConfig": {"NetworkMode": "host"}}
+    lonely = container("lonely", "abab" + "0" * 60, 107, {})
+    mac = container("mac", "acac" + "0" * 60, 108, {"lan": ("10.1.0.2", "02:42:0a:01:00:02")})
+    mac_links = NetnsLinks(4026533001, (LO, Link(2, "eth0", "macvlan", "02:42:0a:01:00:02",
+                                                 ("10.1.0.2/24",), link=4)))
+    topo = assemble(HOST, [(host_mode, HOST), (lonely, NetnsLinks(4026533000, (LO,))),
+                           (mac, mac_links)], NETWORKS)
+    reasons = {c.name: uncountable_reason(topo, c) for c in topo.containers.values()}
+    assert reasons == {"hostnet": HOST_NETWORK, "lonely": NO_NETWORK, "mac": "macvlan"}
+    text = format_text(topo)
+    listed = text.split("not counted by the daemon", 1)[1].split("host netns")[0].split()
+    assert listed[listed.index("mac") + 1] == "macvlan"
+
+
+def test_compose_labels_and_published_ports_are_read_and_shown():
+    web = {**container("shop-web-1", "fafa" + "0" * 60, 109,
+                       {"bridge": ("172.17.0.5", "02:42:ac:11:00:05")}),
+           "Config": {"Labels": {COMPOSE_PROJECT_LABEL: "shop", COMPOSE_SERVICE_LABEL: "web"}}}
+    web["NetworkSettings"]["Ports"] = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                                  {"HostIp": "::", "HostPort": "8080"}],
+                                       "53/udp": None, "bad": [{"HostPort": "x"}]}
+    topo = assemble(HOST, [(web, eth0(4026533002, 16, 17, "02:42:ac:11:00:05",
+                                      "172.17.0.5"))], NETWORKS)
+    c = topo.find_container("shop-web-1")
+    assert (c.compose_project, c.compose_service) == ("shop", "web")
+    assert c.ports == (PublishedPort("0.0.0.0", 8080, 80, "tcp"),
+                       PublishedPort("::", 8080, 80, "tcp"))
+    text = " ".join(format_text(topo).split())
+    assert "compose shop/web" in text and "0.0.0.0:8080->80/tcp" in text
 
 
 def test_find_container_by_name_slash_name_and_id_prefix(topo):

@@ -94,7 +94,8 @@ def test_service_serves_container_series_after_traffic(testbed):
     subprocess.run(["docker", "exec", a.name, "ping", "-c", "5", "-i", "0.2", b.ip],
                    check=True, capture_output=True)
     key = ("cntrace_container_packets_total",
-           frozenset({"container": a.name, "direction": "tx"}.items()))
+           frozenset({"container": a.name, "compose_project": "",
+                      "compose_service": "", "direction": "tx"}.items()))
     wait_for(lambda: scrape().get(key, 0) - before.get(key, 0) >= 5, "a's 5 pings counted",
                timeout=60)
 
