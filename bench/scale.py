@@ -91,6 +91,8 @@ def scrape_1000_containers() -> str:
         class Registry:
             attribution_failures = 0
             topology = None
+            exits: set[int] = set()
+            uncounted: dict = {}
 
             def snapshot(self):
                 return tracked

@@ -184,7 +184,7 @@ class CntraceCollector:
         counted = {slot: values for slot, values in everyone.items()
                    if tracked[slot].container.id not in uncounted}
         produce = {"traffic": lambda: self._traffic(counted),
-                   "peers": lambda: self._peers(counted),
+                   "peers": lambda: self._peers(counted, everyone),
                    "flows": lambda: self._flows(counted),
                    "nat": lambda: self._nat(counted),
                    "drops": lambda: self._drops(everyone),
@@ -226,7 +226,9 @@ class CntraceCollector:
         yield packets
         yield nbytes
 
-    def _peers(self, who):
+    def _peers(self, who, everyone):
+        """Traffic of `who` by peer, a peer container named whether it is
+        counted or not (a macvlan container has addresses)."""
         labels = [*self.labels, "peer", "direction"]
         packets = CounterMetricFamily("cntrace_container_peer_packets",
                                       "Packets between a container and a peer: another "
@@ -241,8 +243,8 @@ class CntraceCollector:
                 peer = "host"
             elif key.peer == wire.PEER_EXTERNAL:
                 peer = "external"
-            elif key.peer in who:
-                peer = who[key.peer][0]
+            elif key.peer in everyone:
+                peer = everyone[key.peer][0]
             else:
                 continue   # a peer container that is gone
             values = [*who[key.slot], peer, DIRECTIONS.get(key.direction, "tx")]

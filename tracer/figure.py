@@ -110,9 +110,10 @@ def to_dot(topo: Topology, uncounted: dict[str, str] | None = None) -> str:
         if c.netns == topo.host_netns:
             lines.append(_edge(node, HOST, label="shares the host netns", style="dotted"))
         address = next(iter(sorted(c.networks.values())), "?")
-        for port in c.ports:
-            lines.append(_edge(HOST, node, label=f"DNAT {port.host_ip}:{port.host_port} -> "
-                               f"{address}:{port.port}/{port.protocol}", style="dashed",
+        if c.ports:   # one edge for all of a container's published ports
+            dnat = [f"DNAT {p.host_ip}:{p.host_port} -> {address}:{p.port}/{p.protocol}"
+                    for p in c.ports]
+            lines.append(_edge(HOST, node, label="\n".join(dnat), style="dashed",
                                color="#1f5fbf", fontcolor="#1f5fbf", arrowhead="normal",
                                constraint="false"))
 
