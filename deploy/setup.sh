@@ -29,6 +29,7 @@ TEST_APT_PACKAGES=(
     prometheus iperf3 tcpdump
     systemd libcap2-bin python3-seccomp  # systemd-analyze; capsh; the capability sandbox
     chromium-headless-shell python3-pil  # the landing page in a real browser; its screenshot
+    gcc libc6-dev                        # the wire structs laid out by a C compiler (test_wire)
 )
 PY_TEST_PACKAGES=(pytest hypothesis ruff)
 # The kernel VMs (tests/vm/): QEMU (TCG), udev (virtme-ng finds its console
@@ -142,6 +143,12 @@ run_tests() {
     cd "$REPO"
     local status=0 junit
     junit="$(mktemp --suffix=.xml)"
+    # Lint first, then the unit suite as an unprivileged user: pure logic
+    # needs no root, and this shows it (bytecode and pytest's cache unwritten).
+    "$VENV/bin/ruff" check tracer tests bench deploy || status=1
+    runuser -u nobody -- env HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \
+        "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+        -W ignore::hypothesis.errors.HypothesisWarning tests/unit || status=1
     "$VENV/bin/python" -m pytest -v -rs --junitxml="$junit" tests || status=$?
     [ "$status" -eq 5 ] && { echo "setup: no tests collected" >&2; exit 1; }
     if [ "${CNTRACE_SKIP_VMS:-}" = 1 ]; then

@@ -387,7 +387,8 @@ class CntraceCollector:
         failures.add_metric(["counters"], stats[wire.STAT_COUNTER_UPDATE_FAILED])
         yield failures
         yield CounterMetricFamily("cntrace_attribution_failures", "Containers that could not "
-                                  "be given a counter slot",
+                                  "be given a counter slot, and container veths that refused "
+                                  "the counting programs (once each until they take them)",
                                   value=self._registry.attribution_failures)
         yield CounterMetricFamily("cntrace_docker_reconnects", "Reconnections to the Docker "
                                   "engine", value=self._stats.docker_reconnects)

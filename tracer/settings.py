@@ -85,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{cost} (default on)")
 
 
+def _shown(value) -> str:
+    """A value echoed in an error: quoted, cut to 40 characters, control
+    characters escaped, so the error stays one line."""
+    text = str(value)[:40]
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def _coerce(name: str, value, kind: str):
     """A setting's value from a flag, CNTRACE_* variable or YAML, as `kind`
     (the Config field's annotation)."""
@@ -96,7 +103,7 @@ def _coerce(name: str, value, kind: str):
             return True
         if text in ("false", "no", "off", "0"):
             return False
-        raise UsageError(f"config {name}: '{str(value)[:40]}' is not true or false")
+        raise UsageError(f"config {name}: {_shown(value)} is not true or false")
     if kind == "list[str]":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
@@ -111,7 +118,7 @@ def _coerce(name: str, value, kind: str):
                 raise ValueError(value)
             return number
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"config {name}: '{str(value)[:40]}' is not a finite number") from None
+        raise UsageError(f"config {name}: {_shown(value)} is not a finite number") from None
     if name == "web_listen_address" and value in (None, ""):
         raise UsageError("config web_listen_address: empty (expected HOST:PORT)")
     if value in (None, ""):
@@ -130,7 +137,7 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) 
     known = {f.name: f.type for f in fields(Config)}
     unknown = sorted(str(key) for key in set(values) - set(known))
     if unknown:
-        raise UsageError(f"config {args.config}: unknown key '{unknown[0]}' "
+        raise UsageError(f"config {args.config}: unknown key {_shown(unknown[0])} "
                          f"(known: {', '.join(sorted(known))})")
     for name in known:
         env = environ.get(f"CNTRACE_{name.upper()}")
@@ -177,7 +184,7 @@ def _validate(config: Config) -> None:
     split_listen_address(config.web_listen_address)
     path = config.web_telemetry_path or ""
     if not path.startswith("/") or path in ("/", "/healthz", "/topology") or "?" in path:
-        raise UsageError(f"web_telemetry_path '{path[:40]}': expected an absolute path other "
+        raise UsageError(f"web_telemetry_path {_shown(path)}: expected an absolute path other "
                          "than /, /healthz and /topology")
     seen: dict[str, str] = {}
     for label in config.docker_labels:

@@ -146,16 +146,19 @@ class WebConfig:
 
 def load(path: str) -> WebConfig:
     """Read, check and build the web config at `path`; UsageError on any problem."""
+    # A path with a newline or other control character in it is shown
+    # escaped: the error stays one line.
+    shown = path if path.isprintable() else repr(path)[1:-1]
     try:
         return _parse(path)
     except UsageError as exc:
-        raise UsageError(f"web config {path}: {exc}") from None
+        raise UsageError(f"web config {shown}: {exc}") from None
     except RecursionError:
-        raise UsageError(f"web config {path}: nested too deeply") from None
+        raise UsageError(f"web config {shown}: nested too deeply") from None
     except ValueError as exc:   # a NUL in a file name: open() refuses it
-        raise UsageError(f"web config {path}: {exc}") from None
+        raise UsageError(f"web config {shown}: {exc}") from None
     except UnicodeError as exc:  # a lone surrogate in a file name or hash
-        raise UsageError(f"web config {path}: not encodable text ({exc.reason})") from None
+        raise UsageError(f"web config {shown}: not encodable text ({exc.reason})") from None
 
 
 def _parse(path: str) -> WebConfig:

@@ -331,6 +331,8 @@ def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, do
     a.exec_run(["sh", "-c", f"echo $$ > /tmp/pinger.pid; exec ping -i 0.2 {b.ip}"], detach=True)
     names = [f"cntrace-churn-{i:02d}" for i in range(50)]
     counts = {}
+    maps = ("container_ifaces", "container_addrs")
+    in_maps = {m: get(daemon.scrape(), "cntrace_map_entries", map=m) for m in maps}
     with contextlib.ExitStack() as stack:
         stack.callback(a.exec_run, ["sh", "-c", "kill $(cat /tmp/pinger.pid)"])
         for i, name in enumerate(names):
@@ -345,8 +347,10 @@ def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, do
         for name, count in counts.items():
             assert get(samples, "cntrace_container_peer_packets_total", container=name,
                        peer=b.name, direction="tx") == count, name
-    gone = wait_until(lambda: not (set(names) & names_in(daemon.scrape())), "series removed")
-    assert gone
+    wait_until(lambda: not (set(names) & names_in(daemon.scrape())), "series removed")
+    # and their interfaces and addresses left the BPF maps: nothing leaks
+    wait_until(lambda: {m: get(daemon.scrape(), "cntrace_map_entries", map=m) for m in maps}
+               == in_maps, f"the maps back to {in_maps}")
     assert daemon.proc.poll() is None
 
 

@@ -117,6 +117,12 @@ CONFIG_BUGS: tuple = ()
 WEB_BUGS: tuple = ()
 
 
+def one_line(error: Exception) -> bool:
+    """What the CLI prints of an error: one specific, non-empty line."""
+    text = str(error)
+    return bool(text.strip()) and "\n" not in text and "Traceback" not in text
+
+
 def outcome(call: Callable[[], object], *known: Bug) -> object:
     """call()'s value or the UsageError it raised; an input that hits a known
     bug is rejected; any other exception fails the test."""
@@ -623,6 +629,11 @@ def checked_config(config: daemon_settings.Config) -> daemon_settings.Config:
         assert type(value) is float
         assert math.isfinite(value), f"{name} {value} is not finite"
         assert value > 0
+    assert all(type(getattr(config, f"collector_{n}")) is bool
+               for n in daemon_settings.COLLECTORS)
+    assert all(isinstance(label, str) and label.strip() == label and label
+               for label in config.docker_labels)
+    assert config.web_telemetry_path.startswith("/")
     return config
 
 
@@ -643,7 +654,8 @@ def test_daemon_config_is_valid_or_a_usage_error(workdir, content, environ):
     path = write(workdir, content)
     result = outcome(lambda: checked_config(daemon_settings.load_config(namespace(path), environ)),
                      *CONFIG_BUGS)
-    assert isinstance(result, daemon_settings.Config | UsageError)
+    if isinstance(result, UsageError):   # checked_config checked a Config
+        assert one_line(result)
 
 
 DAEMON_OPTIONS = command_line(
@@ -742,8 +754,9 @@ def test_web_config_is_usable_or_a_usage_error(pki_dir, content):
 @FAST
 @given(name=ARG_TEXT)
 def test_web_config_path_is_read_or_a_usage_error(workdir, name):
-    assert isinstance(outcome(lambda: webconfig.load(str(workdir / name)), *WEB_BUGS),
-                      webconfig.WebConfig | UsageError)
+    result = outcome(lambda: webconfig.load(str(workdir / name)), *WEB_BUGS)
+    if isinstance(result, UsageError):   # outcome() fails on any other exception
+        assert one_line(result)
 
 
 # ------------------------------------------------------------ 6. Docker payloads and events

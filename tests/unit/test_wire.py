@@ -2,13 +2,16 @@
 
 import ctypes
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tracer import wire
 
-HEADER = (Path(__file__).parents[2] / "bpf" / "cntrace.h").read_text()
+HEADER_PATH = Path(__file__).parents[2] / "bpf" / "cntrace.h"
+HEADER = HEADER_PATH.read_text()
 
 C_TYPES = {
     "u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32,
@@ -54,8 +57,38 @@ def test_mirror_matches_header(c_name, mirror):
         assert getattr(ours, "_type_", ours) == getattr(theirs, "_type_", theirs), field
 
 
-def test_event_size_is_a_multiple_of_8():
-    assert ctypes.sizeof(wire.RawEvent) % 8 == 0
+MIRRORS = {"cntrace_event": wire.RawEvent, "filter_config": wire.FilterConfig,
+           "addr_key": wire.AddrKey, "iface_key": wire.IfaceKey, "traffic": wire.Traffic,
+           "peer_key": wire.PeerKey, "drop_key": wire.DropKey, "dnat_key": wire.DnatKey,
+           "flow_key": wire.FlowKey, "flow_value": wire.FlowValue}
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (gcc)")
+def test_every_offset_and_size_is_what_a_c_compiler_lays_out(tmp_path):
+    """Field types matching is not enough: padding is where a mirror and
+    its struct part.  The header compiled by cc (x86-64 and BPF align these
+    types alike) prints each field's offset and each struct's size."""
+    lines = []
+    for c_name in MIRRORS:
+        lines.append(f'printf("{c_name} . %zu\\n", sizeof(struct {c_name}));')
+        lines += [f'printf("{c_name} {field} %zu\\n", offsetof(struct {c_name}, {field}));'
+                  for field, _ in c_struct_fields(c_name)]
+    source = tmp_path / "layout.c"
+    source.write_text("#include <stdio.h>\n#include <stddef.h>\n"
+                      "typedef unsigned char u8; typedef unsigned short u16;\n"
+                      "typedef unsigned int u32; typedef unsigned long long u64;\n"
+                      '#include "cntrace.h"\n'
+                      "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
+    binary = tmp_path / "layout"
+    subprocess.run(["cc", "-I", str(HEADER_PATH.parent), "-o", str(binary), str(source)],
+                   check=True, capture_output=True)
+    compiled = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+    assert len(compiled.splitlines()) == len(lines) > 2 * len(MIRRORS)
+    for line in compiled.splitlines():
+        c_name, field, value = line.split()
+        mirror = MIRRORS[c_name]
+        ours = ctypes.sizeof(mirror) if field == "." else getattr(mirror, field).offset
+        assert ours == int(value), f"{c_name}.{field}: ctypes {ours}, cc {value}"
 
 
 @pytest.mark.parametrize(
