@@ -9,7 +9,7 @@ import argparse
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from tracer import filters
 from tracer.errors import UsageError
@@ -29,28 +29,65 @@ COLLECTORS = {
 }
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _setting(default, flag: str, meaning: str, metavar: str | None = None,
+             choices: tuple[str, ...] = ()):
+    """A row of the settings table: its default, the flag that sets it, and
+    what it means (the flag's help and README.md's settings table).  Its
+    CNTRACE_* variable and YAML key come from the field's name."""
+    metadata = {"flag": flag, "meaning": meaning, "metavar": metavar, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class Config:
-    web_listen_address: str = "127.0.0.1:9476"
-    web_telemetry_path: str = "/metrics"
-    web_config_file: str | None = None
-    flow_table_size: int = 65536
-    flow_idle_seconds: float = 60.0
-    reconcile_seconds: float = 30.0
-    sample_seconds: float = 5.0
-    ringbuf_pages: int = 64
-    log_level: str = "info"
-    docker_labels: list[str] = field(default_factory=list)
-    collector_traffic: bool = True
-    collector_peers: bool = True
-    collector_flows: bool = True
-    collector_nat: bool = True
-    collector_drops: bool = True
-    collector_conntrack: bool = True
+    """The settings table: each field is a setting, its metadata the rest of
+    the row (tracer/settings.py add_arguments builds the flags from it)."""
+
+    web_listen_address: str = _setting(
+        "127.0.0.1:9476", "--web.listen-address", "where to serve the landing page, the "
+        "metrics, /healthz and /topology; 0.0.0.0:9476 exposes them", "ADDR:PORT")
+    web_telemetry_path: str = _setting(
+        "/metrics", "--web.telemetry-path", "where the metrics are served", "PATH")
+    web_config_file: str | None = _setting(
+        None, "--web.config.file", "TLS and basic auth, in the Prometheus exporter-toolkit "
+        "format", "FILE")
+    flow_table_size: int = _setting(65536, "--flow-table-size", "LRU flow table entries")
+    flow_idle_seconds: float = _setting(
+        60.0, "--flow-idle-seconds", "a flow counts as active for this long after its last "
+        "packet")
+    reconcile_seconds: float = _setting(
+        30.0, "--reconcile-seconds", "full resync with Docker at least this often")
+    sample_seconds: float = _setting(
+        5.0, "--sample-seconds", "how often the flow and conntrack tables are walked")
+    ringbuf_pages: int = _setting(
+        64, "--ringbuf-pages", "event ring buffer pages, a power of 2 (the daemon streams "
+        "drops only)")
+    log_level: str = _setting("info", "--log-level", "debug, info, warning or error",
+                              choices=LOG_LEVELS)
+    docker_labels: list[str] = _setting(
+        [], "--docker.label", "a container label to export on every per-container series as "
+        "container_label_NAME; repeatable (comma-separated in CNTRACE_DOCKER_LABELS)", "NAME")
+    collector_traffic: bool = _setting(True, "--collector.traffic", COLLECTORS["traffic"])
+    collector_peers: bool = _setting(True, "--collector.peers", COLLECTORS["peers"])
+    collector_flows: bool = _setting(True, "--collector.flows", COLLECTORS["flows"])
+    collector_nat: bool = _setting(True, "--collector.nat", COLLECTORS["nat"])
+    collector_drops: bool = _setting(True, "--collector.drops", COLLECTORS["drops"])
+    collector_conntrack: bool = _setting(True, "--collector.conntrack",
+                                         COLLECTORS["conntrack"])
 
     @property
     def collectors(self) -> frozenset[str]:
         return frozenset(n for n in COLLECTORS if getattr(self, f"collector_{n}"))
+
+
+def kind(setting) -> str:
+    """A setting's type as _coerce reads it: "str | None" is a str, or unset."""
+    return str(setting.type).split(" |")[0]
 
 
 def container_label_name(docker_label: str) -> str:
@@ -60,29 +97,52 @@ def container_label_name(docker_label: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, then one flag per row of the settings table."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with the settings below "
                         "(keys with underscores, e.g. web_listen_address)")
-    parser.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDR:PORT",
-                        help="where to serve /metrics (default 127.0.0.1:9476; "
-                        "0.0.0.0:9476 exposes it)")
-    parser.add_argument("--web.telemetry-path", dest="web_telemetry_path", metavar="PATH",
-                        help="where the metrics are served (default /metrics)")
-    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="TLS and basic auth, in the Prometheus exporter-toolkit format")
-    parser.add_argument("--flow-table-size", type=int, help="LRU flow table entries "
-                        "(default 65536)")
-    parser.add_argument("--flow-idle-seconds", type=float,
-                        help="a flow is active while a packet came within this (default 60)")
-    parser.add_argument("--reconcile-seconds", type=float,
-                        help="full resync with Docker at least this often (default 30)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--docker.label", dest="docker_labels", action="append",
-                        metavar="NAME", help="export this container label as "
-                        "container_label_<NAME> on every per-container series; repeatable")
-    for name, cost in COLLECTORS.items():
-        parser.add_argument(f"--collector.{name}", dest=f"collector_{name}",
-                            action=argparse.BooleanOptionalAction, default=None,
-                            help=f"{cost} (default on)")
+    for setting in fields(Config):
+        meta = setting.metadata
+        default = setting.default if setting.default_factory is MISSING \
+            else setting.default_factory()
+        options = {"dest": setting.name, "default": None,
+                   "help": f"{meta['meaning']} (default {_default_text(default)})"}
+        if kind(setting) == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        elif kind(setting) == "list[str]":
+            options["action"] = "append"
+        elif kind(setting) in ("int", "float"):
+            options["type"] = int if kind(setting) == "int" else float
+        if meta["metavar"]:
+            options["metavar"] = meta["metavar"]
+        if meta["choices"]:
+            options["choices"] = meta["choices"]
+        parser.add_argument(meta["flag"], **options)
+
+
+def readme_table() -> str:
+    """README.md's settings table, rendered from the settings table (a unit
+    test keeps the README equal to it); the collectors share one row."""
+    rows = ["| setting | flag | CNTRACE_* variable | default | meaning |", "|---|---|---|---|---|"]
+    for setting in fields(Config):
+        name, flag, meaning = setting.name, setting.metadata["flag"], setting.metadata["meaning"]
+        if name.startswith("collector_"):
+            if name != f"collector_{next(iter(COLLECTORS))}":
+                continue
+            name, flag = "collector_<name>", "--collector.<name>, --no-collector.<name>"
+            meaning = f"one of {', '.join(COLLECTORS)}: see \"Collectors\""
+        default = setting.default if setting.default_factory is MISSING \
+            else setting.default_factory()
+        rows.append(f"| `{name}` | `{flag}` | `CNTRACE_{name.upper()}` | "
+                    f"{_default_text(default)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def _default_text(default) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return "none" if default in (None, []) else str(default)
 
 
 def _shown(value) -> str:
@@ -134,7 +194,7 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) 
     values: dict[str, object] = {}
     if args.config:
         values.update(_read_yaml(args.config))
-    known = {f.name: f.type for f in fields(Config)}
+    known = {f.name: kind(f) for f in fields(Config)}
     unknown = sorted(str(key) for key in set(values) - set(known))
     if unknown:
         raise UsageError(f"config {args.config}: unknown key {_shown(unknown[0])} "
@@ -148,8 +208,7 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] = os.environ) 
             values[name] = flag
     config = Config()
     for name, value in values.items():
-        kind = str(known[name]).split(" |")[0]   # "str | None": a str, or left unset
-        setattr(config, name, _coerce(name, value, kind))
+        setattr(config, name, _coerce(name, value, known[name]))
     _validate(config)
     return config
 
@@ -200,6 +259,6 @@ def _validate(config: Config) -> None:
             raise UsageError(f"{name} must be a positive number of seconds")
     if config.ringbuf_pages < 1 or config.ringbuf_pages & (config.ringbuf_pages - 1):
         raise UsageError(f"ringbuf_pages {config.ringbuf_pages}: must be a power of 2")
-    if config.log_level not in ("debug", "info", "warning", "error"):
+    if config.log_level not in LOG_LEVELS:
         raise UsageError(f"log_level '{config.log_level}': expected debug, info, warning "
                          "or error")

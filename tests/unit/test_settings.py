@@ -2,11 +2,14 @@
 from flags, CNTRACE_* variables and the YAML file, validated."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from tracer import settings
 from tracer.errors import UsageError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def config(argv=(), environ=None, yaml_text=None, tmp_path=None):
@@ -71,3 +74,19 @@ def test_a_telemetry_path_that_cannot_be_served_is_refused(path):
 def test_the_telemetry_path_moves():
     assert config(["--web.telemetry-path", "/cntrace/metrics"]).web_telemetry_path == \
         "/cntrace/metrics"
+
+
+def test_the_readme_settings_table_is_the_settings_table():
+    """One table drives flags, environment, YAML keys, defaults and the
+    README; regenerate the README's with settings.readme_table()."""
+    assert settings.readme_table() in README.read_text()
+
+
+def test_every_setting_has_a_flag_and_every_flag_a_setting():
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    dests = {action.dest for action in parser._actions} - {"help", "config"}
+    assert dests == {f.name for f in settings.fields(settings.Config)}
+    for field in settings.fields(settings.Config):
+        args = parser.parse_args([])
+        assert getattr(args, field.name) is None   # unset: the environment or file decides
