@@ -9,13 +9,13 @@
 
 int cntrace_tc_from_container(struct __sk_buff *skb)
 {
-    count_tc(skb, 0);
+    count_tc(skb, DIR_TX);
     return TCX_NEXT;
 }
 
 int cntrace_tc_to_container(struct __sk_buff *skb)
 {
-    count_tc(skb, 1);
+    count_tc(skb, DIR_RX);
     return TCX_NEXT;
 }
 

@@ -28,7 +28,6 @@ DIRECTIONS = {wire.DIR_TX: "tx", wire.DIR_RX: "rx"}
 # Every per-container series carries these, then container_label_<name> of
 # each --docker.label.
 CONTAINER_LABELS = ["container", "compose_project", "compose_service"]
-PROTOCOL_LABEL = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 @dataclass
@@ -280,7 +279,7 @@ class CntraceCollector:
         for key, p, b, t in self._counters.dnat():
             if key.slot not in who:
                 continue
-            values = [*who[key.slot], str(key.port), PROTOCOL_LABEL.get(key.proto,
+            values = [*who[key.slot], str(key.port), wire.PROTOCOLS.get(key.proto,
                                                                         str(key.proto))]
             dnat_p.add_metric(values, p)
             dnat_b.add_metric(values, b)

@@ -8,6 +8,7 @@ never on a named scenario."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,7 +341,7 @@ def _nat(trace: PathTrace, ctx: Context, state: PathState, reasons: set) -> list
 def _answers(ctx: Context, state: PathState | None) -> list[Hint]:
     """ICMP errors, resets, and what listens at the destination."""
     hints = []
-    proto = "tcp" if ctx.proto == 6 else "udp"
+    proto = "tcp" if ctx.proto == socket.IPPROTO_TCP else "udp"
     listening = ""
     for place, sockets in (state.listeners.items() if state else ()):
         on_port = [s for s in sockets if s.port == ctx.port]
@@ -361,7 +362,8 @@ def _answers(ctx: Context, state: PathState | None) -> list[Hint]:
         elif (ctx.family, kind, code) not in ((4, 3, 4), (6, 2, 0)):   # MTU: told above
             hints.append(Hint("icmp-error", "an ICMP error came back: "
                                             f"{icmp_error_text(ctx.family, kind, code)}", True))
-    if ctx.proto == 6 and (ctx.tcp_reset or "Connection refused" in ctx.socket_errors):
+    refused = ctx.tcp_reset or "Connection refused" in ctx.socket_errors
+    if ctx.proto == socket.IPPROTO_TCP and refused:
         refusals.append(f"nothing listens on TCP port {ctx.port} at {ctx.destination} "
                         "(connection refused: a TCP reset came back)")
     if not refusals and listening:

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -59,8 +60,9 @@ _ICMP_ERRORS = {
 }
 _QUOTED_PROTO_BITS = {4: (8 + 9) * 8, 6: (8 + 6) * 8}      # IPv4 protocol, IPv6 next header
 _QUOTED_L4_BITS = {4: (8 + 20) * 8, 6: (8 + 40) * 8}
-_PROTO_NUMBERS = {("icmp", 4): 1, ("icmp", 6): 58, ("tcp", 4): 6, ("tcp", 6): 6,
-                  ("udp", 4): 17, ("udp", 6): 17}
+_PROTO_NUMBERS = {("icmp", 4): socket.IPPROTO_ICMP, ("icmp", 6): socket.IPPROTO_ICMPV6,
+                  ("tcp", 4): socket.IPPROTO_TCP, ("tcp", 6): socket.IPPROTO_TCP,
+                  ("udp", 4): socket.IPPROTO_UDP, ("udp", 6): socket.IPPROTO_UDP}
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from tracer.attribution import AttributedEvent
 from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST
-from tracer.wire import PROTOCOLS, Event
+from tracer.wire import PORT_PROTOCOLS, PROTOCOLS, Event
 
 HOOK_COLUMN = {
     "tx": "tx", "rx": "rx", "PREROUTING": "PRE", "INPUT": "IN", "FORWARD": "FWD",
@@ -51,9 +53,10 @@ def packet_summary(event: Event) -> str:
         if (event.proto, event.icmp_type) in ECHO_TYPES:
             return f"{event.src} > {event.dst} {proto} {kind} {event.sport}/{event.dport}"
         return f"{event.src} > {event.dst} {proto} {kind}"
-    if event.proto in (6, 17, 132):
+    if event.proto in PORT_PROTOCOLS:
         text = f"{event.src}:{event.sport} > {event.dst}:{event.dport} {proto}"
-        return text + (f" {tcp_flags(event.tcp_flags)}" if event.proto == 6 else "")
+        tcp = event.proto == socket.IPPROTO_TCP
+        return text + (f" {tcp_flags(event.tcp_flags)}" if tcp else "")
     return f"{event.src} > {event.dst} {OTHER_PROTOCOLS.get(event.proto, proto)}"
 
 
@@ -133,7 +136,7 @@ def to_dict(item: AttributedEvent) -> dict:
             data.update(icmp_id=event.sport, icmp_seq=event.dport)
     else:
         data.update(sport=event.sport, dport=event.dport)
-    if event.proto == 6:
+    if event.proto == socket.IPPROTO_TCP:
         data["tcp_flags"] = tcp_flags(event.tcp_flags)
     if event.conntrack is not None:
         data["conntrack"] = event.conntrack.to_dict()

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import sys
 import textwrap
 import time
@@ -26,6 +27,7 @@ from tracer import (
     probe,
     rules,
     topology,
+    wire,
 )
 from tracer.attribution import Attributor
 from tracer.errors import DockerUnavailableError, UsageError
@@ -291,10 +293,11 @@ def run(req: Request, out: TextIO = sys.stdout) -> int:
         raise
     try:
         compiled, before = compiling.result(), counting.result()
+        icmp = socket.IPPROTO_ICMPV6 if ":" in dst.address else socket.IPPROTO_ICMP
         identity = pathtrace.ProbeIdentity(
-            {"icmp": 58 if ":" in dst.address else 1, "tcp": 6, "udp": 17}[proto],
+            {"icmp": icmp, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}[proto],
             sock.ident if proto == "icmp" else sock.sport)
-        spec = filters.FilterSpec(proto="icmp6" if identity.proto == 58 else proto,
+        spec = filters.FilterSpec(proto=wire.PROTOCOLS[identity.proto],
                                   icmp_id=identity.ident if proto == "icmp" else None,
                                   port=None if proto == "icmp" else identity.ident)
         tracer = loader.attach(kernel, compiled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,10 @@ HOOKS = {
     8: "drop",          # kfree_skb
 }
 
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
+PROTOCOLS = {socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
+             socket.IPPROTO_ICMPV6: "icmp6", socket.IPPROTO_SCTP: "sctp"}
+# The protocols whose headers start with source and destination ports.
+PORT_PROTOCOLS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_SCTP})
 PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
 
 # enum ip_conntrack_status bits (uapi, stable).

@@ -1,0 +1,149 @@
+"""The BPF counters reader (tracer/counters.py) over maps that behave like
+bcc's: per-CPU values summed, a slot's keys written and cleared, the
+array/hash split of the veth slots."""
+
+import ctypes
+
+from tracer import loader, wire
+from tracer.counters import BpfCounters
+from tracer.filters import addr_key
+
+NCPU = 3
+
+
+class PerCpu(dict):
+    """A per-CPU map: each value a list with one entry per CPU."""
+
+    def __init__(self, value_type, max_entries=1024):
+        super().__init__()
+        self.value_type, self.max_entries = value_type, max_entries
+
+    def __getitem__(self, key):
+        key = _plain(key)
+        if key not in self:
+            return [self.value_type() for _ in range(NCPU)]
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, _plain(key), list(value))
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, _plain(key))
+
+    def items(self):
+        return [(_struct(k), v) for k, v in dict.items(self)]
+
+    def keys(self):
+        return [_struct(k) for k in dict.keys(self)]
+
+
+class Plain(PerCpu):
+    def __getitem__(self, key):
+        return dict.__getitem__(self, _plain(key))
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, _plain(key), value)
+
+
+_TYPES = {}
+
+
+def _plain(key):
+    """A ctypes key as a hashable (type, bytes)."""
+    if isinstance(key, tuple):
+        return key
+    _TYPES[type(key).__name__] = type(key)
+    return (type(key).__name__, bytes(key))
+
+
+def _struct(key):
+    name, raw = key
+    return _TYPES[name].from_buffer_copy(raw)
+
+
+class FakeTracer:
+    nat_at_exits = True
+    tc_programs = None
+
+    def __init__(self):
+        self.maps = {
+            "traffic": PerCpu(wire.Traffic), "snat": PerCpu(wire.Traffic),
+            "snat_translations": PerCpu(ctypes.c_uint64), "flows_opened": PerCpu(ctypes.c_uint64),
+            "slot_generation": Plain(ctypes.c_uint32), "peer_traffic": PerCpu(wire.Traffic),
+            "drops": PerCpu(ctypes.c_uint64), "dnat": PerCpu(wire.Traffic),
+            "dnat_translations": PerCpu(ctypes.c_uint64),
+            "drop_last_event": Plain(ctypes.c_uint64), "stats": PerCpu(ctypes.c_uint64),
+            "container_ifaces": Plain(ctypes.c_uint32), "container_addrs": Plain(ctypes.c_uint32),
+            "host_addrs": Plain(ctypes.c_uint8), "veth_slots": Plain(ctypes.c_uint32),
+            "veth_slots_beyond": Plain(ctypes.c_uint32), "exit_header_len": Plain(ctypes.c_uint32),
+        }
+        self.maps["slot_generation"][ctypes.c_int(2)] = ctypes.c_uint32(0)
+
+    def __getitem__(self, name):
+        return self.maps[name]
+
+
+def per_cpu(*pairs):
+    return [wire.Traffic(packets=p, bytes=b) for p, b in pairs]
+
+
+def test_per_cpu_values_are_summed():
+    tracer = FakeTracer()
+    tracer["traffic"][ctypes.c_int(2 * 2 + wire.DIR_RX)] = per_cpu((1, 100), (2, 200), (3, 300))
+    tracer["snat"][ctypes.c_int(2)] = per_cpu((1, 10), (0, 0), (4, 40))
+    tracer["snat_translations"][ctypes.c_int(2)] = [ctypes.c_uint64(1)] * NCPU
+    counters = BpfCounters(tracer)
+    assert counters.traffic(2, wire.DIR_RX) == (6, 600)
+    assert counters.traffic(2, wire.DIR_TX) == (0, 0)
+    assert counters.snat(2) == (5, 50, 3)
+
+
+def test_dnat_joins_its_translations_by_slot_port_and_protocol():
+    tracer = FakeTracer()
+    key = wire.DnatKey(2, 80, 6)
+    tracer["dnat"][key] = per_cpu((5, 500), (1, 100), (0, 0))
+    tracer["dnat_translations"][wire.DnatKey(2, 80, 6)] = [ctypes.c_uint64(2)] * NCPU
+    tracer["dnat"][wire.DnatKey(2, 443, 6)] = per_cpu((1, 60), (0, 0), (0, 0))
+    rows = {(k.slot, k.port, k.proto): rest for k, *rest in BpfCounters(tracer).dnat()}
+    assert rows == {(2, 80, 6): [6, 600, 6], (2, 443, 6): [1, 60, 0]}
+
+
+def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
+    tracer = FakeTracer()
+    tracer["peer_traffic"][wire.PeerKey(2, 5, wire.DIR_TX)] = per_cpu((1, 1), (1, 1), (1, 1))
+    tracer["peer_traffic"][wire.PeerKey(5, 2, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
+    tracer["peer_traffic"][wire.PeerKey(5, 7, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
+    tracer["drops"][wire.DropKey(2, 12)] = [ctypes.c_uint64(1)] * NCPU
+    tracer["traffic"][ctypes.c_int(4)] = per_cpu((9, 9), (9, 9), (9, 9))
+    counters = BpfCounters(tracer)
+    counters.clear_slot(2)
+    left = {(k.slot, k.peer) for k, _, _ in counters.peer_traffic()}
+    assert left == {(5, 7)}
+    assert counters.drops() == []
+    assert counters.traffic(2, wire.DIR_TX) == (0, 0)
+    assert tracer["slot_generation"][ctypes.c_int(2)].value == 1   # cached peers re-resolve
+
+
+def test_a_veth_slot_lives_in_the_array_or_beyond_it():
+    tracer = FakeTracer()
+    counters = BpfCounters(tracer)
+    counters._set_veth_slot(7, 3)
+    counters._set_veth_slot(loader.VETH_ARRAY_SIZE + 1, 4)
+    assert tracer["veth_slots"][ctypes.c_uint32(7)].value == 3
+    assert tracer["veth_slots_beyond"][ctypes.c_uint32(loader.VETH_ARRAY_SIZE + 1)].value == 4
+    counters._set_veth_slot(loader.VETH_ARRAY_SIZE + 1, 0)
+    assert len(tracer["veth_slots_beyond"]) == 0
+
+
+def test_addresses_are_written_in_the_maps_key_form():
+    tracer = FakeTracer()
+    counters = BpfCounters(tracer)
+    counters.set_addr("172.17.0.2", 3)
+    counters.set_host_addrs({"172.17.0.1", "198.51.100.1"})
+    counters.set_host_addrs({"198.51.100.1"})
+    assert tracer["container_addrs"][addr_key("172.17.0.2")].value == 3
+    keys = tracer["host_addrs"].keys()   # bcc's keys(): key structs, as the reader sees
+    assert [bytes(k.addr) for k in keys] == [bytes(addr_key("198.51.100.1").addr)]
+    counters.delete_addr("172.17.0.2")
+    counters.delete_addr("172.17.0.2")   # already gone: not an error
+    assert len(tracer["container_addrs"]) == 0
