@@ -32,7 +32,8 @@ from collections.abc import Iterator
 
 from benchlib import CNTRACE, free_port, iperf, iperf_server, running, spread, standalone
 
-from tracer import bpflink, features, loader
+from tracer.host import docker_engine
+from tracer.kernel import bpflink, features, loader
 
 EMPTY_PROGRAMS = """
 int empty_tc(struct __sk_buff *skb) { return -1; }   /* TCX_NEXT */
@@ -42,9 +43,9 @@ int empty_nf(void *ctx) { return 1; }                /* NF_ACCEPT */
 
 def exit_ifindexes() -> list[int]:
     """The host's exit devices, as the daemon picks them."""
-    from tracer import registry, topology
+    from tracer.host.topology import exit_devices
 
-    return list(registry.exit_devices(topology.discover(topology.docker_client())))
+    return list(exit_devices(docker_engine.discover(docker_engine.docker_client())))
 
 
 def host_veth_ifindex(pid: int) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchlib import CNTRACE, Daemon, iperf, iperf_server, running, standalone
 
-from tracer import features
+from tracer.kernel import features
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 

@@ -16,7 +16,7 @@ import time
 
 from benchlib import Daemon, spread, standalone
 
-from tracer.probe import open_socket
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import IMAGE_TAG, LABEL, DockerEngine
 
 CONTAINER_STEPS = (10, 50, 200)
@@ -75,11 +75,11 @@ def scrape_1000_containers() -> str:
     what a host ten times busier than the real steps above would cost."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from tracer import loader
-    from tracer.collector import CntraceCollector, DaemonStats, Sampler
-    from tracer.counters import BpfCounters
-    from tracer.registry import Tracked
-    from tracer.topology import Container
+    from tracer.daemon.bpf_maps import BpfCounters
+    from tracer.daemon.collector import CntraceCollector, DaemonStats, Sampler
+    from tracer.daemon.slots import Tracked
+    from tracer.host.topology import Container
+    from tracer.kernel import loader
 
     tracer = loader.load(loader.read_kernel(), flow_table_size=65536, ringbuf_pages=8)
     try:
@@ -88,7 +88,7 @@ def scrape_1000_containers() -> str:
                                  frozenset(), frozenset(), frozenset(), 0)
                    for slot in range(1000)}
 
-        class Registry:
+        class ContainerSlots:
             attribution_failures = 0
             topology = None
             exits: set[int] = set()
@@ -97,9 +97,9 @@ def scrape_1000_containers() -> str:
             def snapshot(self):
                 return tracked
 
-        sampler = Sampler(counters, Registry(), 60, None)
+        sampler = Sampler(counters, ContainerSlots(), 60, None)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(CntraceCollector(counters, Registry(), sampler,
+        registry.register(CntraceCollector(counters, ContainerSlots(), sampler,
                                            DaemonStats(hooks=tracer.hooks), {}))
         times, size = [], 0
         for _ in range(10):

@@ -18,7 +18,7 @@ import time
 
 from benchlib import CNTRACE, iperf, iperf_server, running, spread, standalone
 
-from tracer.bpfcache import CACHE_DIR_ENV
+from tracer.kernel.bpfcache import CACHE_DIR_ENV
 
 
 def wall(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -28,7 +28,7 @@ def wall(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int
     return time.monotonic() - start, code
 
 
-COMPILE_ALONE = [sys.executable, "-c", "import os, time; from tracer import loader; "
+COMPILE_ALONE = [sys.executable, "-c", "import os, time; from tracer.kernel import loader; "
                  f"os.environ['{CACHE_DIR_ENV}'] = 'off'; "
                  "k = loader.read_kernel(); t = time.monotonic(); "
                  "loader.compile_programs(k, 64); print(time.monotonic() - t)"]

@@ -6,7 +6,7 @@
  *
  * Every packet is counted once per container and direction by tc on the
  * container's host-side veth (tcx, or classic tc where the kernel has no
- * tcx; tracer/tclink.py links them): tx when it leaves the container, rx
+ * tcx; tracer/kernel/tclink.py links them): tx when it leaves the container, rx
  * when it arrives, however many hops it crosses on the host.  Those
  * programs read the headers in place, find the container in an array
  * indexed by ifindex, and resolve the peer once per flow.
@@ -57,7 +57,7 @@ BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE
 /* Host veth ifindex -> slot + 1 (0: not a container's): an array, whose
  * lookup the verifier inlines, for the ifindexes a host hands out first;
  * a hash for the rest (ifindexes only grow as containers come and go).
- * tracer/counters.py writes both. */
+ * tracer/daemon/bpf_maps.py writes both. */
 #ifndef VETH_ARRAY_SIZE
 #define VETH_ARRAY_SIZE 65536
 #endif
@@ -257,7 +257,7 @@ static __always_inline u32 generation_of(u32 peer)
  * resolved once per flow, so the per-packet path skips two address lookups.
  * last_ns is written at most every FLOW_TOUCH_NS to keep the shared entry's
  * cache line quiet; "active" has a granularity of seconds anyway, so the
- * clock is the coarse one (tracer/wire.py flow_clock_ns): ~25 ns a packet
+ * clock is the coarse one (tracer/kernel/wire.py flow_clock_ns): ~25 ns a packet
  * cheaper than bpf_ktime_get_ns. */
 #define FLOW_TOUCH_NS 1000000000ULL
 
@@ -421,7 +421,7 @@ static __always_inline u32 tc_bytes(struct __sk_buff *skb)   /* IP-layer bytes *
     return skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
 }
 
-/* What runs is what the daemon's collectors ask for (tracer/loader.py sets
+/* What runs is what the daemon's collectors ask for (tracer/kernel/loader.py sets
  * COLLECT_TRAFFIC, COLLECT_PEERS, COLLECT_FLOWS and COLLECT_NAT). */
 static __always_inline void count_tc(struct __sk_buff *skb, int rx)
 {
@@ -460,8 +460,8 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
 
 /* ------------------------------------------------ tc: the host's exits */
 
-/* On the way out of the host (the egress of each exit device; tracer/
- * registry.py picks them): SNAT.  Host traffic without conntrack or NAT
+/* On the way out of the host (the egress of each exit device;
+ * tracer/host/topology.py exit_devices picks them): SNAT.  Host traffic without conntrack or NAT
  * leaves after two kernel reads. */
 static __always_inline void count_leaving_host(struct __sk_buff *skb)
 {

@@ -3,9 +3,9 @@
  * Kernel struct layouts never come from headers here: the host's headers may
  * describe another kernel (seen: 6.1 headers on a 6.18 kernel, sk_buff.head
  * off by 8 bytes).  Every OFF_* / SIZE_* macro below is defined on the
- * compiler command line by tracer/kernel_layout.py from the running kernel's
+ * compiler command line by tracer/kernel/kernel_layout.py from the running kernel's
  * BTF, and kernel memory is read only through bpf_probe_read_kernel() at
- * those offsets.  tracer/wire.py mirrors these structs field by field.
+ * those offsets.  tracer/kernel/wire.py mirrors these structs field by field.
  */
 #ifndef CNTRACE_H
 #define CNTRACE_H
@@ -14,7 +14,7 @@
 #define EVENT_PACKET 1
 #define EVENT_DROP 2
 
-/* Where an event was seen (tracer/wire.py: HOOKS). */
+/* Where an event was seen (tracer/kernel/wire.py: HOOKS). */
 #define HOOK_XMIT 1     /* raw_tp net_dev_start_xmit: leaving a device */
 #define HOOK_RECV 2     /* raw_tp netif_receive_skb: arriving on a device */
 #define HOOK_NF_PRE 3   /* netfilter PRE_ROUTING, after DNAT */

@@ -1,12 +1,12 @@
 /* The netfilter hops: the packet as NAT left it, with its conntrack entry and
  * the in/out devices the routing decision chose.  Never changes a verdict.
  *
- * Two mechanisms, chosen by tracer/loader.py from what the kernel offers
- * (tracer/features.py probes it) and compiled in alone, so a kernel without
+ * Two mechanisms, chosen by tracer/kernel/loader.py from what the kernel offers
+ * (tracer/kernel/features.py probes it) and compiled in alone, so a kernel without
  * one can never break the build of the other:
  *
  * NAT_VIA_NETFILTER_LINK (BPF_PROG_TYPE_NETFILTER, kernel >= 6.4): one program
- *   linked by tracer/bpflink.py at PRE_ROUTING and LOCAL_OUT just after DNAT,
+ *   linked by tracer/kernel/bpflink.py at PRE_ROUTING and LOCAL_OUT just after DNAT,
  *   FORWARD just before the filter table, LOCAL_IN and POST_ROUTING just after
  *   SNAT.
  *

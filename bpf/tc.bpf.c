@@ -1,4 +1,4 @@
-/* The daemon's counting programs, linked by tracer/tclink.py: two on each
+/* The daemon's counting programs, linked by tracer/kernel/tclink.py: two on each
  * container's host-side veth, one on the egress of each of the host's exit
  * devices (where NAT is counted in tc).  Compiled only into the daemon
  * (COUNT_METRICS); they never change a verdict (TCX_NEXT). */

@@ -64,7 +64,7 @@ install_apt_packages() {  # [apt-get option...] -- package...
 # bcc compiles against a kernel header tree.  When the running kernel ships
 # none (no /lib/modules/$(uname -r)/build, no CONFIG_IKHEADERS), link Debian's
 # newest header package: it only has to compile, because every kernel struct
-# offset cntrace uses comes from BTF (tracer/kernel_layout.py), not headers.
+# offset cntrace uses comes from BTF (tracer/kernel/kernel_layout.py), not headers.
 install_kernel_headers() {
     local moddir="/lib/modules/$(uname -r)"
     if [ -e "$moddir/build/include/linux/kconfig.h" ] || [ -e "$moddir/source/include/linux/kconfig.h" ] \

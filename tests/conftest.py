@@ -11,7 +11,7 @@ import tempfile
 import docker
 import pytest
 
-from tracer.bpfcache import CACHE_DIR_ENV
+from tracer.kernel.bpfcache import CACHE_DIR_ENV
 from tracer.testbed import DockerEngine, Testbed, TestbedInfo
 
 

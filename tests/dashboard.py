@@ -89,7 +89,7 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 # The README's metrics table writes the labels of every per-container series
-# as `container*` (those of tracer/collector.py CONTAINER_LABELS).
+# as `container*` (those of tracer/daemon/collector.py CONTAINER_LABELS).
 CONTAINER_IDENTITY = "container*"
 CONTAINER_IDENTITY_LABELS = ("container", "compose_project", "compose_service")
 

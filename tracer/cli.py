@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from tracer import __version__
 from tracer.errors import CntraceError, UsageError
+from tracer.host import docker_engine, topology_text
 
 EPILOG_EVENTS = """examples:
   cntrace events                        every packet on every device, attributed
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_DAEMON,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from tracer import settings
+    from tracer.daemon import settings
 
     settings.add_arguments(daemon)
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_events(args: argparse.Namespace) -> int:
-    from tracer import events, filters
+    from tracer.stream import events, filters
 
     if args.ringbuf_pages < 1 or args.ringbuf_pages & (args.ringbuf_pages - 1):
         raise UsageError(f"--ringbuf-pages {args.ringbuf_pages}: must be a power of 2")
@@ -177,15 +178,15 @@ def _run_events(args: argparse.Namespace) -> int:
 
 
 def _run_topology(args: argparse.Namespace) -> int:
-    from tracer import topology
+    from tracer.host import topology
 
-    topo = topology.discover(topology.docker_client())
+    topo = docker_engine.discover(docker_engine.docker_client())
     if args.format == "json":
         print(json.dumps(topo.to_dict(), indent=2))
     elif args.format == "text":
-        print(topology.format_text(topo))
+        print(topology_text.format_text(topo))
     else:
-        from tracer import figure
+        from tracer.host import figure
 
         uncounted = {cid: reason for cid, c in topo.containers.items()
                      if (reason := topology.uncountable_reason(topo, c))}
@@ -195,13 +196,13 @@ def _run_topology(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
-    from tracer import daemon
+    from tracer.daemon import main as daemon
 
     return daemon.run(args)
 
 
 def _run_ping(args: argparse.Namespace) -> int:
-    from tracer import ping
+    from tracer.ping import trace_ping as ping
 
     return ping.run(ping.Request(
         source=args.source, destination=args.destination, count=args.count,

@@ -42,7 +42,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tracer.errors import CntraceError, DockerUnavailableError, UnsafeTargetError, UsageError
-from tracer.topology import parse_network
+from tracer.host.join import parse_network
 
 STATE_DIR = "/run/cntrace-testbed"
 DEFAULT_SOCKET = "/var/run/docker.sock"

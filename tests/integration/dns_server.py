@@ -3,7 +3,7 @@ every other name, REFUSED or silence for the names asked for.
 
 cntrace's DNS checks are tested against a resolver whose every answer is known, run in a
 throwaway netns, never against a real one.  The response builder here is its own, not
-tracer/dns.py's parser turned around, so a misreading of RFC 1035 in tracer/dns.py fails a
+tracer/ping/dns.py's parser turned around, so a misreading of RFC 1035 in tracer/ping/dns.py fails a
 test instead of both sides agreeing.  Answers point back at the question's name with a
 compression pointer, as real servers do, so the client's pointer handling is exercised.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.helpers import scaled
-from tracer.dns import QTYPE_A, QTYPE_AAAA, RCODES, build_query
+from tracer.ping.dns import QTYPE_A, QTYPE_AAAA, RCODES, build_query
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.integration.dns_server"

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from tests.integration.helpers import CNTRACE, scaled
-from tracer.bpfcache import CACHE_DIR_ENV
+from tracer.kernel.bpfcache import CACHE_DIR_ENV
 from tracer.testbed import check_route
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
-"""tracer.btf against the running kernel, checked with bpftool's own reading of the same BTF.
+"""tracer.kernel.btf against the running kernel, checked with bpftool's own reading of the same BTF.
 
 bpftool parses BTF with its own (statically linked) libbpf and prints every type; a small
-resolver over that text, written without tracer.btf, gives the expected offsets. The
+resolver over that text, written without tracer.kernel.btf, gives the expected offsets. The
 offsets listed are the ones cntrace's BPF programs are compiled with.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.btf import Btf, BtfError, Member
+from tracer.kernel.btf import Btf, BtfError, Member
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 

@@ -18,8 +18,9 @@ import pytest
 
 from tests.integration.helpers import CNTRACE, bpf_held, bpf_programs, bpftool, wait_until
 from tests.integration.test_daemon_live import Daemon
-from tracer import __version__, loader, tclink
-from tracer.settings import COLLECTORS
+from tracer import __version__
+from tracer.daemon.settings import COLLECTORS
+from tracer.kernel import loader, tclink
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +48,8 @@ def attached_functions(pid: int) -> set[str]:
     programs = bpf_programs()
     linked = {link.get("prog_id") for link in bpftool("link", "show")
               if link["id"] in held["link"]}
-    filtered = {entry.get("prog_id") for device in bpftool("net", "show")
-                for entry in device.get("tc", []) if entry.get("prog_id") in held["prog"]}
+    filtered = {entry.get("id") for device in bpftool("net", "show")   # "id": the program's
+                for entry in device.get("tc", []) if entry.get("id") in held["prog"]}
     return {programs[prog]["name"] for prog in linked | filtered if prog in programs}
 
 
@@ -84,10 +85,12 @@ def collector_samples(samples: dict, name: str) -> dict[str, float]:
 
 
 @pytest.mark.kernel
-def test_collectors_off_take_their_metrics_and_their_programs_with_them(testbed):
+@pytest.mark.parametrize("env", [{}, {"CNTRACE_DISABLE_FEATURES": "tcx"}],
+                         ids=["best", "classic-tc"])
+def test_collectors_off_take_their_metrics_and_their_programs_with_them(testbed, env):
     off = ("nat", "drops", "conntrack")
     d = Daemon(*(f"--no-collector.{name}" for name in off),
-               "--web.telemetry-path", "/cntrace/metrics")
+               "--web.telemetry-path", "/cntrace/metrics", env=env)
     try:
         d.wait_ready()
         wait_until(lambda: named(VETH_FUNCTIONS, attached_functions(d.proc.pid)),

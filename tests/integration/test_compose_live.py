@@ -19,9 +19,9 @@ import pytest
 
 from tests.integration.helpers import CNTRACE, IMAGE_TAG, LABEL, wait_until
 from tests.integration.test_daemon_live import Daemon, get, send_udp
-from tracer.probe import open_socket
+from tracer.host.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import check_route
-from tracer.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
 
 pytestmark = pytest.mark.integration
 

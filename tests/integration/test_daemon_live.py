@@ -36,7 +36,7 @@ from tests.integration.prometheus import (
     value,
 )
 from tests.integration.test_ping_live import extra_container, iptables_rule
-from tracer.probe import open_socket
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import check_route
 
 pytestmark = pytest.mark.integration

@@ -30,9 +30,9 @@ from tests.dashboard import (
 from tests.integration.prometheus import PrometheusServer, prometheus_available
 from tests.integration.test_daemon_live import Daemon, wait_until
 from tests.integration.test_ping_live import extra_container, iptables_rule
-from tracer.probe import open_socket
+from tracer.host.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import check_route
-from tracer.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
 
 pytestmark = [
     pytest.mark.integration,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import settings
+from tracer.daemon import settings
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,8 @@ def test_install_puts_each_file_in_place(installed):
 def test_installed_package_carries_its_bpf_programs(installed):
     """Not from the checkout: the installed loader compiles its own copy."""
     python = installed / "opt/cntrace/venv/bin/python"
-    result = subprocess.run([python, "-c", "from tracer import loader; print(loader.BPF_DIR)"],
+    result = subprocess.run([python, "-c",
+                             "from tracer.kernel import loader; print(loader.BPF_DIR)"],
                             capture_output=True, text=True, cwd="/", timeout=60)
     bpf_dir = Path(result.stdout.strip())
     assert bpf_dir.is_relative_to(installed / "opt/cntrace/venv")

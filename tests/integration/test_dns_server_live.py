@@ -1,7 +1,7 @@
-"""tracer.dns against a real DNS server over a real socket: the test resolver runs on
+"""tracer.ping.dns against a real DNS server over a real socket: the test resolver runs on
 127.0.0.1 inside a throwaway netns, and each query is sent from a socket opened in that
-netns the way trace-ping opens its probes (tracer.probe.open_socket).  The netns has only
-lo, so no query can leave it.  Needs root (ip netns) but no Docker.
+netns the way trace-ping opens its probes (tracer.ping.probe_socket.open_socket).
+The netns has only lo, so no query can leave it.  Needs root (ip netns) but no Docker.
 
 Each test gets a fresh netns; its teardown checks that no process is left inside it
 (`ip netns pids`), kills any that is, and deletes the netns.
@@ -17,8 +17,15 @@ import subprocess
 import pytest
 
 from tests.integration.dns_server import ResolverNotReady, resolver_in_netns
-from tracer.dns import QTYPE_A, QTYPE_AAAA, RCODES, DnsAnswer, build_query, parse_response
-from tracer.probe import open_socket
+from tracer.ping.dns import (
+    QTYPE_A,
+    QTYPE_AAAA,
+    RCODES,
+    DnsAnswer,
+    build_query,
+    parse_response,
+)
+from tracer.ping.probe_socket import open_socket
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ import pytest
 
 from tests.integration.helpers import CNTRACE, extra_container, hops_of, ip_json
 from tests.integration.test_daemon_live import Daemon
-from tracer.figure import container_colour
-from tracer.probe import open_socket
+from tracer.host.figure import container_colour
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import check_route
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from tests.certs import Pki, make_pki
+from tracer.daemon.httpserver import MetricsServer
+from tracer.daemon.webconfig import TlsConfig, WebConfig
 from tracer.errors import DockerUnavailableError, UsageError
-from tracer.httpserver import MetricsServer
-from tracer.webconfig import TlsConfig, WebConfig
 
 LOOPBACK = "127.0.0.1"
 TOPOLOGY = {"containers": [{"name": "web", "netns": 4026532185}]}
@@ -189,7 +189,7 @@ def test_topology_unavailable_is_503(serve, state):
 def test_endpoint_that_raises_is_500_and_one_log_line(serve, state, caplog):
     state.topology_error = KeyError("netns")
     server = serve()
-    with caplog.at_level(logging.ERROR, logger="tracer.httpserver"):
+    with caplog.at_level(logging.ERROR, logger="tracer.daemon.httpserver"):
         status, _, body = request(server.port, "/topology")
     assert status == 500
     assert b"internal error" in body

@@ -1,4 +1,4 @@
-"""tracer.nftrace against the real nf_tables: in a throwaway netns, write a
+"""tracer.ping.nftrace against the real nf_tables: in a throwaway netns, write a
 rule that drops (or a policy that drops, or an iptables-nft rule), trace one
 probe over that netns's loopback, and check the verdict names the table,
 chain, handle and rule text that `nft --handle list` reports independently.
@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 from tests.integration.helpers import scaled
-from tracer.nftrace import ProbeMatch, build_ruleset
+from tracer.ping.nftrace import ProbeMatch, build_ruleset
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 # from the probe's port.
 CHILD = r"""
 import dataclasses, json, socket, struct, subprocess, sys, time
-from tracer.nftrace import NftTrace, ProbeMatch, remove_leftovers
+from tracer.ping.nftrace import NftTrace, ProbeMatch, remove_leftovers
 
 plan = json.loads(sys.argv[1])
 if plan.get("remove_leftovers"):
@@ -274,7 +274,7 @@ def test_rule_added_after_the_monitor_started_is_named(netns):
 def test_start_and_stop_are_quick(netns):
     result = trace(netns, family=4, proto="icmp", ident=4107, dst="127.0.0.1")
     assert result["reached"]
-    # Typically 10-25 ms and 15-35 ms here (see tracer/nftrace.py); bound loosely.
+    # Typically 10-25 ms and 15-35 ms here (see tracer/ping/nftrace.py); bound loosely.
     assert result["start_s"] + result["stop_s"] < scaled(0.5), result
 
 

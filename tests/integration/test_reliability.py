@@ -56,7 +56,7 @@ from tests.integration.test_daemon_live import (
     wait_until,
 )
 from tests.integration.test_ping_live import extra_container
-from tracer.probe import open_socket
+from tracer.ping.probe_socket import open_socket
 from tracer.testbed import IMAGE_TAG, LABEL, check_route
 
 pytestmark = pytest.mark.integration

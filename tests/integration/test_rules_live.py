@@ -1,4 +1,4 @@
-"""tracer.rules against the real iptables: set up a dropping rule, send one
+"""tracer.ping.iptables_counters against the real iptables: set up a dropping rule, send one
 UDP datagram over loopback into it, and check the counter diff names it.
 
 Only loopback traffic is sent.  The host test adds one jump in the host's
@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tracer.rules import describe, diff, dropping_hits, snapshot
+from tracer.ping.iptables_counters import describe, diff, dropping_hits, snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -10,16 +10,10 @@ import docker
 import pytest
 
 from tracer.errors import DockerUnavailableError
+from tracer.host.docker_engine import discover, docker_client
+from tracer.host.topology import ROLE_BRIDGE, ROLE_CONTAINER, ROLE_HOST, ROLE_VETH_HOST
+from tracer.host.topology_text import format_text
 from tracer.testbed import WAN_HOST_IFNAME
-from tracer.topology import (
-    ROLE_BRIDGE,
-    ROLE_CONTAINER,
-    ROLE_HOST,
-    ROLE_VETH_HOST,
-    discover,
-    docker_client,
-    format_text,
-)
 
 
 def _ip_links(pid: int | None = None) -> dict[int, dict]:

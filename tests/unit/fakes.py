@@ -1,7 +1,7 @@
 """A small fake host for pure-logic tests: containers a (172.17.0.2) and
 b (172.17.0.3) on docker0, the host's wan-side veth."""
 
-from tracer.topology import (
+from tracer.host.topology import (
     ROLE_BRIDGE,
     ROLE_CONTAINER,
     ROLE_HOST,
@@ -11,7 +11,7 @@ from tracer.topology import (
     Network,
     Topology,
 )
-from tracer.wire import EVENT_DROP, EVENT_PACKET, IPS_SRC_NAT, Conntrack, Event, Tuple
+from tracer.kernel.wire import EVENT_DROP, EVENT_PACKET, IPS_SRC_NAT, Conntrack, Event, Tuple
 
 HOST_NS, A_NS, B_NS = 4026531833, 4026532185, 4026532260
 

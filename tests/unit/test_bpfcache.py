@@ -3,7 +3,7 @@ instructions, pointing them at other maps, and the cache key."""
 
 import struct
 
-from tracer import bpfcache
+from tracer.kernel import bpfcache
 
 
 def insn(code, dst=0, src=0, off=0, imm=0):

@@ -1,4 +1,4 @@
-"""tracer.btf over a small BTF blob built here, byte by byte, so no kernel is needed.
+"""tracer.kernel.btf over a small BTF blob built here, byte by byte, so no kernel is needed.
 
 The blob describes, in C terms:
 
@@ -28,7 +28,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracer.btf import (
+from tracer.errors import KernelFeatureError
+from tracer.kernel.btf import (
     Btf,
     BtfError,
     Member,
@@ -37,7 +38,6 @@ from tracer.btf import (
     parse_path,
     split_member_offset,
 )
-from tracer.errors import KernelFeatureError
 
 # Kinds, from include/uapi/linux/btf.h, spelled out again so the test does not trust
 # the module's own table.

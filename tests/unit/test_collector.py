@@ -10,11 +10,12 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit import fakes
 from tests.unit.test_registry import FakeMaps
-from tracer import buildinfo, wire
-from tracer.collector import CntraceCollector, DaemonStats, Sample, Sampler
-from tracer.registry import Registry
-from tracer.settings import COLLECTORS
-from tracer.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, Container
+from tracer.daemon import buildinfo
+from tracer.daemon.collector import CntraceCollector, DaemonStats, Sample, Sampler
+from tracer.daemon.settings import COLLECTORS
+from tracer.daemon.slots import ContainerSlots
+from tracer.host.topology import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, Container
+from tracer.kernel import wire
 
 TEAM = "com.example.team"
 
@@ -74,7 +75,7 @@ def labelled(topo):
 
 
 def collect(topo, collectors=frozenset(COLLECTORS), docker_labels=(TEAM,), failing=()):
-    registry = Registry(FakeMaps(), lambda: topo, 16)
+    registry = ContainerSlots(FakeMaps(), lambda: topo, 16)
     registry.reconcile()
     slots = sorted(t.slot for t in registry.snapshot().values())
     counters = FakeCounters(slots)

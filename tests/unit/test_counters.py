@@ -1,12 +1,12 @@
-"""The BPF counters reader (tracer/counters.py) over maps that behave like
+"""The BPF counters reader (tracer/daemon/bpf_maps.py) over maps that behave like
 bcc's: per-CPU values summed, a slot's keys written and cleared, the
 array/hash split of the veth slots."""
 
 import ctypes
 
-from tracer import loader, wire
-from tracer.counters import BpfCounters
-from tracer.filters import addr_key
+from tracer.daemon.bpf_maps import BpfCounters
+from tracer.kernel import loader, wire
+from tracer.stream.filters import addr_key
 
 NCPU = 3
 

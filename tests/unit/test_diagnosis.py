@@ -4,9 +4,10 @@ evidence and stays a "possible" cause without it."""
 import pytest
 
 from tests.unit import fakes
-from tracer import diagnosis, pathstate, pathtrace, wire
-from tracer.attribution import Attributor
-from tracer.rules import RuleCounter, RuleHit
+from tracer.kernel import wire
+from tracer.ping import diagnosis, pathstate, pathtrace
+from tracer.ping.iptables_counters import RuleCounter, RuleHit
+from tracer.stream.attribution import Attributor
 
 ICMP = pathtrace.ProbeIdentity(proto=1, ident=7)
 attr = Attributor(fakes.topology, drop_reasons={12: "NETFILTER_DROP", 87: "IP_INADDRERRORS",

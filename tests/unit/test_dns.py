@@ -1,4 +1,4 @@
-"""tracer/dns.py against hand-made wire bytes and resolv.conf files, including the ones
+"""tracer/ping/dns.py against hand-made wire bytes and resolv.conf files, including the ones
 Docker writes.  The packets are spelled out byte by byte (with struct for the fixed-size
 fields), never produced by the module under test, so a shared misreading of RFC 1035
 cannot make both sides agree."""
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracer.dns import (
+from tracer.ping.dns import (
     DOCKER_EMBEDDED_DNS,
     QTYPE_A,
     QTYPE_AAAA,

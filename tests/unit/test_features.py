@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracer import features, loader
-from tracer.kernel_layout import NF_CONTEXT_MACROS, NF_STATE_MACROS, KernelLayout
+from tracer.kernel import features, loader
+from tracer.kernel.kernel_layout import NF_CONTEXT_MACROS, NF_STATE_MACROS, KernelLayout
 
 
 @pytest.mark.parametrize("value, disabled", [

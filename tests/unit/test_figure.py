@@ -7,9 +7,9 @@ import re
 import pytest
 
 from tests.unit import fakes
-from tracer import figure
 from tracer.errors import FigureError, UsageError
-from tracer.topology import ROLE_CONTAINER, ROLE_VETH_HOST, PublishedPort
+from tracer.host import figure
+from tracer.host.topology import ROLE_CONTAINER, ROLE_VETH_HOST, PublishedPort
 
 
 def host():

@@ -40,25 +40,21 @@ from hypothesis import strategies as st
 
 from tests.certs import make_pki
 from tests.unit import fakes
-from tracer import (
-    cli,
-    daemon,
-    events,
-    filters,
-    kernel_layout,
-    loader,
-    ping,
-    rules,
-    topology,
-    webconfig,
-    wire,
-)
-from tracer import settings as daemon_settings
-from tracer.btf import BtfError
-from tracer.collector import DaemonStats
+from tracer import cli
+from tracer.daemon import main as daemon
+from tracer.daemon import settings as daemon_settings
+from tracer.daemon import webconfig
+from tracer.daemon.collector import DaemonStats
 from tracer.errors import UsageError
-from tracer.kernel_layout import FIELDS, KernelLayout
-from tracer.topology import ROLE_BRIDGE, ROLE_CONTAINER, ROLE_VETH_HOST, Link, NetnsLinks
+from tracer.host import docker_engine, join, topology, topology_text
+from tracer.host.netlink import Link, NetnsLinks
+from tracer.host.topology import ROLE_BRIDGE, ROLE_CONTAINER, ROLE_VETH_HOST
+from tracer.kernel import kernel_layout, loader, wire
+from tracer.kernel.btf import BtfError
+from tracer.kernel.kernel_layout import FIELDS, KernelLayout
+from tracer.ping import iptables_counters as rules
+from tracer.ping import trace_ping as ping
+from tracer.stream import events, filters
 
 FAST = settings(max_examples=150, deadline=None)
 FILES = settings(max_examples=200, deadline=None,
@@ -108,7 +104,7 @@ WEB_SURROGATE = Bug(
     "basic_auth_users hash or a TLS file name raises UnicodeEncodeError",
     UnicodeEncodeError, "surrogates not allowed")
 WIDE_NETWORK_LINE = Bug(
-    "topology.format_text promises every line within 80 columns, but a network's head line "
+    "topology_text.format_text promises every line within 80 columns, but a network's head line "
     "(name, driver, bridge) is never wrapped: a network name of 45+ characters "
     "overflows", AssertionError, "over 79 columns")
 
@@ -217,8 +213,8 @@ def fake_ping_host():
             mock.patch.object(loader, "read_kernel"), \
             mock.patch.object(loader, "compile_programs"), \
             mock.patch.object(rules, "snapshot", return_value={}), \
-            mock.patch.object(topology, "docker_client", return_value=FakeDocker()), \
-            mock.patch.object(topology, "discover", return_value=fakes.topology()), \
+            mock.patch.object(docker_engine, "docker_client", return_value=FakeDocker()), \
+            mock.patch.object(docker_engine, "discover", return_value=fakes.topology()), \
             mock.patch.object(ping, "_open_probe", side_effect=Reached) as open_probe:
         yield open_probe
 
@@ -826,7 +822,7 @@ NETWORK_ATTRS = st.fixed_dictionaries(
 @FAST
 @given(CONTAINER_ATTRS, INODES)
 def test_any_container_inspect_payload_parses(attrs, netns):
-    c = topology.parse_container(attrs, netns)
+    c = join.parse_container(attrs, netns)
     assert (c.id, c.pid, c.netns) == (attrs["Id"], attrs["State"]["Pid"], netns)
     assert c.name == attrs["Name"].lstrip("/")
     endpoints = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
@@ -837,7 +833,7 @@ def test_any_container_inspect_payload_parses(attrs, netns):
 @FAST
 @given(NETWORK_ATTRS)
 def test_any_network_inspect_payload_parses(attrs):
-    n = topology.parse_network(attrs)
+    n = join.parse_network(attrs)
     assert (n.id, n.name) == (attrs["Id"], attrs["Name"])
     assert (n.bridge is not None) == (attrs.get("Driver") == "bridge")
     assert all(isinstance(s, str) for s in n.subnets)
@@ -849,7 +845,7 @@ def test_any_network_inspect_payload_parses(attrs):
                            unique_by=lambda pair: pair[0]["Id"]),
        networks=st.lists(NETWORK_ATTRS, max_size=3, unique_by=lambda n: n["Name"]))
 def test_any_docker_host_assembles_into_a_consistent_topology(host, containers, networks):
-    topo = topology.assemble(host, containers, networks)
+    topo = join.assemble(host, containers, networks)
     assert set(topo.containers) == {attrs["Id"] for attrs, _ in containers}
     assert all(key == (i.netns, i.ifindex) for key, i in topo.interfaces.items())
     assert {i.ifindex for i in topo.interfaces.values() if i.netns == host.inode} == \
@@ -868,9 +864,9 @@ def test_any_docker_host_assembles_into_a_consistent_topology(host, containers, 
 
 
 def checked_text(topo: topology.Topology) -> str:
-    text = topology.format_text(topo)
-    wide = [line for line in text.splitlines() if len(line) > topology.WIDTH]
-    assert not wide, f"over {topology.WIDTH} columns: {wide[0]!r}"
+    text = topology_text.format_text(topo)
+    wide = [line for line in text.splitlines() if len(line) > topology_text.WIDTH]
+    assert not wide, f"over {topology_text.WIDTH} columns: {wide[0]!r}"
     return text
 
 
@@ -916,7 +912,7 @@ def test_docker_watcher_survives_any_event_stream(stream):
         stop.set()  # the stream ends as the daemon stops: not a lost engine
 
     client = mock.Mock(events=event_stream)
-    with mock.patch.object(topology, "docker_client", return_value=client):
+    with mock.patch.object(docker_engine, "docker_client", return_value=client):
         daemon._watch_docker(dirty, stop, stats)
     assert stats.docker_connected and stats.docker_reconnects == 0 and dirty.is_set()
 
@@ -966,7 +962,7 @@ NUL_CERT = 'tls_server_config: {cert_file: "\\0", key_file: k}'
            lambda d: _web(d, 'basic_auth_users: {alice: "\\ud800"}')),
     _known("web-cert-surrogate", WEB_SURROGATE,
            lambda d: _web(d, 'tls_server_config: {cert_file: "\\ud800", key_file: k}')),
-    _known("long-network-name", WIDE_NETWORK_LINE, lambda d: checked_text(topology.assemble(
+    _known("long-network-name", WIDE_NETWORK_LINE, lambda d: checked_text(join.assemble(
         NetnsLinks(1, (Link(6, "br-5f248116d26e", "bridge", None),)), [], [LONG_NETWORK]))),
 ])
 def test_known_bug(workdir, call):

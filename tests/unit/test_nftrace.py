@@ -1,4 +1,4 @@
-"""tracer.nftrace over text captured on this project's dev host (nftables
+"""tracer.ping.nftrace over text captured on this project's dev host (nftables
 1.0.6, iptables-nft 1.8.9, kernel 6.18) inside a throwaway netns: what
 `nft --handle monitor trace` printed while NftTrace traced pings and a UDP
 datagram over loopback, `nft --handle list chain`, `nft list tables` and
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tracer.nftrace import (
+from tracer.ping.nftrace import (
     NftTrace,
     ProbeMatch,
     RuleVerdict,

@@ -3,8 +3,8 @@ rules from a counter snapshot, a listener's address match."""
 
 import pytest
 
-from tracer import pathstate
-from tracer.rules import RuleCounter
+from tracer.ping import pathstate
+from tracer.ping.iptables_counters import RuleCounter
 
 TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -4,9 +4,9 @@ NAT inside, an X where it stopped, never 80 columns or more."""
 from types import SimpleNamespace
 
 from tests.unit import fakes
-from tracer import pathtrace, picture
-from tracer.attribution import Attributor
-from tracer.ping import Destination, Source
+from tracer.ping import pathtrace, picture
+from tracer.ping.trace_ping import Destination, Source
+from tracer.stream.attribution import Attributor
 
 attr = Attributor(fakes.topology, drop_reasons={12: "NETFILTER_DROP"})
 ICMP = pathtrace.ProbeIdentity(proto=1, ident=7)

@@ -5,8 +5,10 @@ hints; never colour codes unless asked."""
 
 from tests.unit import fakes
 from tests.unit.test_picture import ICMP, TO_WAN, attr
-from tracer import pathtrace, ping, probe
-from tracer.diagnosis import Hint
+from tracer.ping import pathtrace
+from tracer.ping import probe_socket as probe
+from tracer.ping import trace_ping as ping
+from tracer.ping.diagnosis import Hint
 
 
 def result(*events, answered=True, hints=()):

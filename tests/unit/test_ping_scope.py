@@ -1,7 +1,7 @@
 """Which containers a trace-ping reads before its probe: those it names,
 by name, id prefix or address; the rest only if the trace needs them."""
 
-from tracer import ping
+from tracer.ping import trace_ping as ping
 
 
 def attrs(name, ident, *addresses):

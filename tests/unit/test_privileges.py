@@ -3,7 +3,7 @@
 import pytest
 
 from tracer.errors import PrivilegeError
-from tracer.loader import check_privileges
+from tracer.kernel.loader import check_privileges
 
 SYS_ADMIN = 1 << 21
 BPF_SET = (1 << 39) | (1 << 38) | (1 << 12)

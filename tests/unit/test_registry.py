@@ -7,12 +7,14 @@ from unittest import mock
 import pytest
 
 from tests.unit import fakes
-from tracer import daemon, topology
-from tracer.collector import DaemonStats
-from tracer.daemon import is_relevant_event
+from tracer.daemon import main as daemon
+from tracer.daemon.collector import DaemonStats
+from tracer.daemon.main import is_relevant_event
+from tracer.daemon.slots import ContainerSlots
 from tracer.errors import DockerUnavailableError
-from tracer.registry import FAILED, GONE, LINKED, UNSUPPORTED, Registry, exit_devices
-from tracer.topology import ROLE_HOST
+from tracer.host import docker_engine
+from tracer.host.topology import ROLE_HOST, exit_devices
+from tracer.kernel.tclink import FAILED, GONE, LINKED, UNSUPPORTED
 
 
 class FakeMaps:
@@ -65,7 +67,7 @@ def without(topo, name):
 
 def test_containers_get_slots_interfaces_and_addresses():
     maps = FakeMaps()
-    registry = Registry(maps, fakes.topology, max_slots=8)
+    registry = ContainerSlots(maps, fakes.topology, max_slots=8)
     started, gone = registry.reconcile()
     assert sorted(started) == ["a", "b"] and gone == []
     slots = {t.container.name: t.slot for t in registry.snapshot().values()}
@@ -79,7 +81,7 @@ def test_containers_get_slots_interfaces_and_addresses():
 def test_a_removed_container_leaves_the_maps_and_its_slot_is_zeroed_and_reused_last():
     maps = FakeMaps()
     topo = [fakes.topology()]
-    registry = Registry(maps, lambda: topo[0], max_slots=2)
+    registry = ContainerSlots(maps, lambda: topo[0], max_slots=2)
     registry.reconcile()
     slot_a = next(t.slot for t in registry.snapshot().values() if t.container.name == "a")
     topo[0] = without(topo[0], "a")
@@ -97,7 +99,7 @@ def test_a_restarted_container_gets_a_fresh_slot_time():
     maps = FakeMaps()
     topo = [fakes.topology()]
     now = [100]
-    registry = Registry(maps, lambda: topo[0], max_slots=8, clock_ns=lambda: now[0])
+    registry = ContainerSlots(maps, lambda: topo[0], max_slots=8, clock_ns=lambda: now[0])
     registry.reconcile()
     a = next(c for c in topo[0].containers.values() if c.name == "a")
     restarted = dataclasses.replace(a, pid=999)
@@ -110,7 +112,7 @@ def test_a_restarted_container_gets_a_fresh_slot_time():
 
 
 def test_no_slot_left_is_counted_not_fatal():
-    registry = Registry(FakeMaps(), fakes.topology, max_slots=1)
+    registry = ContainerSlots(FakeMaps(), fakes.topology, max_slots=1)
     started, _ = registry.reconcile()
     assert len(started) == 1 and registry.attribution_failures == 1
 
@@ -121,13 +123,13 @@ def test_host_addresses_come_from_host_interfaces():
     docker0 = topo.interfaces[(fakes.HOST_NS, 6)]
     topo.interfaces[(fakes.HOST_NS, 6)] = dataclasses.replace(docker0,
                                                               addresses=("172.17.0.1/16",))
-    Registry(maps, lambda: topo, max_slots=8).reconcile()
+    ContainerSlots(maps, lambda: topo, max_slots=8).reconcile()
     assert maps.host == {"172.17.0.1"}
 
 
 def test_a_veth_that_cannot_be_linked_counts_once_and_is_retried_until_it_links():
     maps = FakeMaps(link_result=FAILED)
-    registry = Registry(maps, fakes.topology, max_slots=8)
+    registry = ContainerSlots(maps, fakes.topology, max_slots=8)
     registry.reconcile()
     registry.reconcile()
     assert registry.attribution_failures == 2      # a's veth and b's, once each
@@ -142,7 +144,7 @@ def test_a_veth_that_cannot_be_linked_counts_once_and_is_retried_until_it_links(
 
 @pytest.mark.parametrize("result", [GONE, UNSUPPORTED])
 def test_a_veth_gone_first_or_no_tcx_is_not_an_attribution_failure(result):
-    registry = Registry(FakeMaps(link_result=result), fakes.topology, max_slots=8)
+    registry = ContainerSlots(FakeMaps(link_result=result), fakes.topology, max_slots=8)
     started, _ = registry.reconcile()
     assert sorted(started) == ["a", "b"] and registry.attribution_failures == 0
 
@@ -150,7 +152,7 @@ def test_a_veth_gone_first_or_no_tcx_is_not_an_attribution_failure(result):
 def test_a_removed_container_unlinks_only_the_veths_that_were_linked():
     maps = FakeMaps()
     topo = [fakes.topology()]
-    registry = Registry(maps, lambda: topo[0], max_slots=8)
+    registry = ContainerSlots(maps, lambda: topo[0], max_slots=8)
     registry.reconcile()
     detached = []
     maps.detach_veth = detached.append
@@ -192,7 +194,7 @@ def test_docker_reconnects_count_reconnections_made_not_attempts():
 
     waits = []
     stop.wait = lambda timeout=None: waits.append(timeout)   # no real backoff sleep
-    with mock.patch.object(topology, "docker_client", docker_client):
+    with mock.patch.object(docker_engine, "docker_client", docker_client):
         daemon._watch_docker(dirty, stop, stats)
     assert stats.docker_reconnects == 1 and stats.docker_connected
     assert waits == [1.0, 2.0, 4.0]   # backoff doubles while the engine is down
@@ -227,7 +229,7 @@ def test_exit_devices_are_linked_and_a_device_that_becomes_a_containers_veth_mov
         without(fakes.topology(), "a"), dataclasses.replace(a_veth, role=ROLE_HOST,
                                                             container=None, container_id=None))
     topo = [early]
-    registry = Registry(maps, lambda: topo[0], max_slots=8)
+    registry = ContainerSlots(maps, lambda: topo[0], max_slots=8)
     registry.reconcile()
     assert maps.exits == {20: 14, 11: 14} and registry.exits == {20, 11}
     order = []
@@ -242,21 +244,21 @@ def test_exit_devices_are_linked_and_a_device_that_becomes_a_containers_veth_mov
 
 
 def test_containers_without_counters_are_listed_with_the_reason():
-    refused = Registry(FakeMaps(link_result=FAILED), fakes.topology, 16)
+    refused = ContainerSlots(FakeMaps(link_result=FAILED), fakes.topology, 16)
     refused.reconcile()
     assert {c.name: r for c, r in refused.uncounted.values()} == {"a": "attach_failed",
                                                                   "b": "attach_failed"}
-    full = Registry(FakeMaps(), fakes.topology, 1)
+    full = ContainerSlots(FakeMaps(), fakes.topology, 1)
     full.reconcile()
     assert sorted(r for _, r in full.uncounted.values()) == ["no_slot"]
-    linked = Registry(FakeMaps(), fakes.topology, 16)
+    linked = ContainerSlots(FakeMaps(), fakes.topology, 16)
     linked.reconcile()
     assert linked.uncounted == {}
 
 
 def test_with_no_per_packet_collector_no_veth_is_linked_nor_listed():
     maps = FakeMaps()
-    registry = Registry(maps, fakes.topology, 16, counting=False)
+    registry = ContainerSlots(maps, fakes.topology, 16, counting=False)
     registry.reconcile()
     assert maps.link_attempts == 0 and maps.veths == {}
     assert registry.uncounted == {}

@@ -1,4 +1,4 @@
-"""tracer.rules over iptables-save text written here, with a fake runner: no
+"""tracer.ping.iptables_counters over iptables-save text written here, with a fake runner: no
 iptables, no root.  The fixture text is what iptables-nft 1.8.9 prints on a
 Docker host (docker0 plus one user network), trimmed."""
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tracer.rules import (
+from tracer.ping.iptables_counters import (
     RuleCounter,
     RuleHit,
     describe,

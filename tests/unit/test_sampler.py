@@ -7,9 +7,9 @@ import time
 
 from tests.unit import fakes
 from tests.unit.test_registry import FakeMaps
-from tracer import wire
-from tracer.collector import Sampler
-from tracer.registry import Registry
+from tracer.daemon.collector import Sampler
+from tracer.daemon.slots import ContainerSlots
+from tracer.kernel import wire
 
 
 class FakeCounters:
@@ -28,7 +28,7 @@ def flow(slot, first, last):
 
 
 def test_active_flows_count_only_recent_flows_of_the_current_owner():
-    registry = Registry(FakeMaps(), fakes.topology, max_slots=8, clock_ns=lambda: 1_000)
+    registry = ContainerSlots(FakeMaps(), fakes.topology, max_slots=8, clock_ns=lambda: 1_000)
     registry.reconcile()
     slot = next(t.slot for t in registry.snapshot().values() if t.container.name == "a")
     counters = FakeCounters()
@@ -43,7 +43,7 @@ def test_active_flows_count_only_recent_flows_of_the_current_owner():
 
 
 def test_evictions_never_decrease():
-    registry = Registry(FakeMaps(), fakes.topology, max_slots=8)
+    registry = ContainerSlots(FakeMaps(), fakes.topology, max_slots=8)
     counters = FakeCounters()
     sampler = Sampler(counters, registry, flow_idle_s=60, conntrack=None)
     counters.inserts, counters.values = 10, [flow(0, 0, 0)] * 4
@@ -58,7 +58,7 @@ def test_nat_bindings_come_from_tuples_that_do_not_mirror():
     """SNAT: the reply is not addressed to the original source; DNAT: the
     reply does not come from the original destination.  Each is counted
     for the container it belongs to, and an entry without NAT for none."""
-    registry = Registry(FakeMaps(), fakes.topology, max_slots=8)
+    registry = ContainerSlots(FakeMaps(), fakes.topology, max_slots=8)
     registry.reconcile()
     slots = {t.container.name: t.slot for t in registry.snapshot().values()}
     entries = [
@@ -77,7 +77,7 @@ def test_nat_bindings_come_from_tuples_that_do_not_mirror():
 
 
 def test_a_failed_pass_keeps_the_previous_sample():
-    registry = Registry(FakeMaps(), fakes.topology, max_slots=8)
+    registry = ContainerSlots(FakeMaps(), fakes.topology, max_slots=8)
     registry.reconcile()
     calls = []
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import settings
+from tracer.daemon import settings
 from tracer.errors import UsageError
 
 README = Path(__file__).resolve().parents[2] / "README.md"

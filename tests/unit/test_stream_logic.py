@@ -5,9 +5,11 @@ import json
 import pytest
 
 from tests.unit import fakes
-from tracer import filters, output, wire
-from tracer.attribution import Attributor
 from tracer.errors import UsageError
+from tracer.kernel import wire
+from tracer.stream import event_text as output
+from tracer.stream import filters
+from tracer.stream.attribution import Attributor
 
 # ------------------------------------------------------------------ filters
 
@@ -168,7 +170,7 @@ def test_a_poll_takes_at_most_a_batch_and_leaves_the_rest_in_the_ring(monkeypatc
     """Under a flood the reader stops taking records at max_batch (the
     callback's negative return ends libbpf's poll), so the backlog waits in
     the ring buffer, where losses are counted, not in memory."""
-    from tracer import events
+    from tracer.stream import events
 
     class Ring:
         def open_ring_buffer(self, callback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.tclink import _daemon_alive
+from tracer.kernel.tclink import _daemon_alive
 
 
 @pytest.mark.parametrize("cmdline, alive", [

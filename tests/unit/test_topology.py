@@ -10,7 +10,10 @@ import pytest
 import requests
 
 from tracer.errors import DockerUnavailableError, UsageError
-from tracer.topology import (
+from tracer.host.docker_engine import discover
+from tracer.host.join import assemble
+from tracer.host.netlink import Link, NetnsLinks
+from tracer.host.topology import (
     COMPOSE_PROJECT_LABEL,
     COMPOSE_SERVICE_LABEL,
     HOST_NETWORK,
@@ -20,14 +23,10 @@ from tracer.topology import (
     ROLE_HOST,
     ROLE_VETH_HOST,
     SHARED_NETNS,
-    Link,
-    NetnsLinks,
     PublishedPort,
-    assemble,
-    discover,
-    format_text,
     uncountable_reason,
 )
+from tracer.host.topology_text import format_text
 
 HOST_NS = 4026531833
 A_NS, B_NS, C_NS = 4026532185, 4026532260, 4026532335

@@ -10,9 +10,9 @@ import bcrypt
 import pytest
 
 from tests.certs import Pki, make_pki
-from tracer import webconfig
+from tracer.daemon import webconfig
+from tracer.daemon.webconfig import TlsConfig, WebConfig, load
 from tracer.errors import UsageError
-from tracer.webconfig import TlsConfig, WebConfig, load
 
 
 @pytest.fixture(scope="module")

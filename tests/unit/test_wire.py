@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import wire
+from tracer.kernel import wire
 
 HEADER_PATH = Path(__file__).parents[2] / "bpf" / "cntrace.h"
 HEADER = HEADER_PATH.read_text()
