@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+from tests.vm import systemd_vm
 from tests.vm.matrix import read_junit, table
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -58,3 +61,13 @@ def test_nat_counted_in_tc_shows_as_such(tmp_path):
     path.write_text(JUNIT.replace("{daemon}", json.dumps(daemon)))
     row = table([read_junit(path, "6.1.0-57-amd64")]).splitlines()[2]
     assert [c.strip() for c in row.strip("|").split("|")][2] == "cls_bpf (conntrack)"
+
+
+def test_the_systemd_vm_image_has_what_the_readme_setup_installs():
+    """The systemd VM runs the README's setup command with no network: every
+    package of deploy/setup.sh's APT_PACKAGES must be in its image."""
+    setup = (Path(__file__).resolve().parents[2] / "deploy" / "setup.sh").read_text()
+    block = re.search(r"^APT_PACKAGES=\((.*?)^\)", setup, re.S | re.M).group(1)
+    wanted = {word for line in block.splitlines() for word in line.split("#")[0].split()}
+    assert len(wanted) > 10
+    assert wanted <= set(systemd_vm.PACKAGES), wanted - set(systemd_vm.PACKAGES)

@@ -42,7 +42,7 @@ PACKAGES = (
     "initramfs-tools", "docker.io", "iptables", "nftables", "conntrack", "iproute2",
     "busybox-static",
     "bpfcc-tools", "python3-bpfcc", "libbpfcc", "libbpf1", "bpftool", "python3-venv",
-    "python3-pip", "kmod", "procps", "ca-certificates", "iputils-ping",
+    "python3-pip", "kmod", "graphviz", "procps", "ca-certificates", "iputils-ping",
     # Debian's kernel enables AppArmor and a Debian install has its tools:
     # without apparmor_parser, dockerd cannot start a container.
     "apparmor",
