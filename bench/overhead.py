@@ -32,7 +32,6 @@ from collections.abc import Iterator
 
 from benchlib import CNTRACE, free_port, iperf, iperf_server, running, spread, standalone
 
-from tracer.host import docker_engine
 from tracer.kernel import bpflink, features, loader
 
 EMPTY_PROGRAMS = """
@@ -43,6 +42,7 @@ int empty_nf(void *ctx) { return 1; }                /* NF_ACCEPT */
 
 def exit_ifindexes() -> list[int]:
     """The host's exit devices, as the daemon picks them."""
+    from tracer.host import docker_engine
     from tracer.host.topology import exit_devices
 
     return list(exit_devices(docker_engine.discover(docker_engine.docker_client())))

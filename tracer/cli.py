@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from tracer import __version__
 from tracer.errors import CntraceError, UsageError
-from tracer.host import docker_engine, topology_text
 
 EPILOG_EVENTS = """examples:
   cntrace events                        every packet on every device, attributed
@@ -178,7 +177,7 @@ def _run_events(args: argparse.Namespace) -> int:
 
 
 def _run_topology(args: argparse.Namespace) -> int:
-    from tracer.host import topology
+    from tracer.host import docker_engine, topology, topology_text
 
     topo = docker_engine.discover(docker_engine.docker_client())
     if args.format == "json":
