@@ -6,6 +6,12 @@ traceback.
 """
 
 
+def one_line(text: str) -> str:
+    """`text` as an error may echo it: control characters (a newline in a
+    path or a key) escaped, so the error stays one line."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class CntraceError(Exception):
     """A failure explained to the user in one line."""
 

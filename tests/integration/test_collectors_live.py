@@ -60,23 +60,8 @@ def named(functions, names: set[str]) -> set[str]:
 
 
 def families(daemon: Daemon, path: str = "/metrics") -> set[str]:
-    with urllib.request.urlopen(f"{daemon.url}{path}", timeout=10) as response:
-        text = response.read().decode()
-    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
-
-
-def scrape_at(daemon: Daemon, path: str) -> dict:
-    original = daemon.text
-    daemon.text = lambda: _get(f"{daemon.url}{path}")
-    try:
-        return daemon.scrape()
-    finally:
-        daemon.text = original
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
+    return {line.split()[2] for line in daemon.text(path).splitlines()
+            if line.startswith("# TYPE ")}
 
 
 def collector_samples(samples: dict, name: str) -> dict[str, float]:
@@ -104,14 +89,14 @@ def test_collectors_off_take_their_metrics_and_their_programs_with_them(testbed,
                 assert not family & names, collector
             else:
                 assert family <= names, collector
-        samples = scrape_at(d, "/cntrace/metrics")
+        samples = d.scrape("/cntrace/metrics")
         on = set(COLLECTORS) - set(off)
         assert collector_samples(samples, "cntrace_scrape_collector_success") == \
             dict.fromkeys(on, 1.0)
         durations = collector_samples(samples, "cntrace_scrape_collector_duration_seconds")
         assert set(durations) == on and all(0 < v < 5 for v in durations.values())
         with pytest.raises(urllib.error.HTTPError) as moved:
-            _get(f"{d.url}/metrics")
+            d.text("/metrics")
         assert moved.value.code == 404
         hooks = {dict(labels)["hook"] for (name, labels) in samples
                  if name == "cntrace_hook_attached"}

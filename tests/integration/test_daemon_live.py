@@ -82,13 +82,13 @@ class Daemon:
             _, err = self.proc.communicate()
         return self.proc.returncode, err
 
-    def text(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+    def text(self, path: str = "/metrics") -> str:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
             return response.read().decode()
 
-    def scrape(self) -> dict[tuple[str, frozenset], float]:
+    def scrape(self, path: str = "/metrics") -> dict[tuple[str, frozenset], float]:
         samples = {}
-        for family in text_string_to_metric_families(self.text()):
+        for family in text_string_to_metric_families(self.text(path)):
             for s in family.samples:
                 samples[(s.name, frozenset(s.labels.items()))] = s.value
         return samples

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
-from tracer.errors import UsageError
+from tracer.errors import UsageError, one_line
 from tracer.stream import filters
 
 # The families of metrics that cost something per packet or per scrape, each
@@ -146,10 +146,8 @@ def _default_text(default) -> str:
 
 
 def _shown(value) -> str:
-    """A value echoed in an error: quoted, cut to 40 characters, control
-    characters escaped, so the error stays one line."""
-    text = str(value)[:40]
-    return f"'{text}'" if text.isprintable() else repr(text)
+    """A value echoed in an error: quoted, cut to 40 characters, one line."""
+    return f"'{one_line(str(value)[:40])}'"
 
 
 def _coerce(name: str, value, kind: str):

@@ -38,7 +38,7 @@ from typing import Any
 import bcrypt
 import yaml
 
-from tracer.errors import UsageError
+from tracer.errors import UsageError, one_line
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -146,9 +146,7 @@ class WebConfig:
 
 def load(path: str) -> WebConfig:
     """Read, check and build the web config at `path`; UsageError on any problem."""
-    # A path with a newline or other control character in it is shown
-    # escaped: the error stays one line.
-    shown = path if path.isprintable() else repr(path)[1:-1]
+    shown = one_line(path)
     try:
         return _parse(path)
     except UsageError as exc:
