@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -79,6 +80,16 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields[:8]), fields[7]
 
 
+def busy_ns(cpu: str) -> int:
+    """Time one CPU has spent running something (user, nice, system, irq,
+    softirq; not idle, iowait or steal) since boot, in nanoseconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = sum(int(line.split()[1:][i]) for i in (0, 1, 2, 5, 6))
+            return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
 def iperf(client_pid: int, server_ip: str, udp: bool, seconds: int = 3) -> float:
     """UDP: 64-byte datagrams/s delivered; TCP: bits/s received.  A run the
     server refused (still busy with the last one: no result), or one the
@@ -113,6 +124,10 @@ def testbed() -> Iterator[object]:
     everything taken down afterwards, whatever happens."""
     from tracer.testbed import DockerEngine, Testbed, check_route
 
+    # A benchmark stopped by kill or a closed terminal takes the testbed down
+    # too: SIGTERM and SIGHUP unwind like Ctrl-C, through the finally below.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: sys.exit(128 + signum))
     engine = DockerEngine()
     engine.ensure_running()
     bed = Testbed(engine=engine)
@@ -191,6 +206,12 @@ class Daemon:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("daemon did not start")
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.port}/metrics"

@@ -8,7 +8,8 @@ Prints the tables that BENCHMARKS.md records; about 20 minutes with
 
 - overhead: what tracing costs other traffic (UDP 64B, TCP), cntrace's modes
   and the floor, against tcpdump and conntrack -E;
-- program-cost: each BPF program's runs per packet and time per run;
+- program-cost: each BPF program's runs per packet and time per run, and the
+  share of the sending CPU the tool's programs take (steadier than the rate);
 - trace-ping: wall times, and its steady-state cost to other traffic;
 - stream: the event stream's capacity and loss curve;
 - scale: scrape latency and RSS as containers and flows grow.

@@ -265,13 +265,16 @@ static __always_inline u32 generation_of(u32 peer)
  * hits it and skips the flow-table lookup (a hash of a 44-byte key, ~30 ns);
  * the table is still looked up once per FLOW_TOUCH_NS per CPU, which keeps
  * last_ns and the LRU order fresh, and whenever the peer's slot changed
- * owner. */
+ * owner.  An IPv4 packet whose headers are in place is matched by its raw
+ * tuple (raw_tuple), so a hit builds no flow key; the hot fields come first,
+ * in one cache line: per packet, what costs is the lines touched. */
 #define FLOW_CACHE_SIZE 1024
 struct flow_cache_entry {
-    struct flow_key key;
+    u32 raw[4];           /* raw_tuple of the cached flow; raw[3] 0: none */
     u32 peer;
     u32 peer_generation;
     u64 checked_ns;
+    struct flow_key key;
 };
 BPF_PERCPU_ARRAY(flow_cache, struct flow_cache_entry, FLOW_CACHE_SIZE);
 
@@ -313,17 +316,29 @@ static __always_inline u32 lookup_flow(struct flow_key *key, u64 now)
     return fresh.peer;
 }
 
-/* The packet's peer, through the per-CPU cache, then the flow table. */
-static __always_inline u32 account_flow(struct flow_key *key, int rx)
+static __always_inline struct flow_cache_entry *flow_cache_of(u32 owner, int rx)
+{
+    u32 index = (owner * 2 + rx) & (FLOW_CACHE_SIZE - 1);
+    return flow_cache.lookup(&index);
+}
+
+static __always_inline int cache_fresh(struct flow_cache_entry *cached, u64 now)
+{
+    return now - cached->checked_ns < FLOW_TOUCH_NS &&
+           cached->peer_generation == generation_of(cached->peer);
+}
+
+/* The packet's peer, through the per-CPU cache, then the flow table.
+ * raw: the packet's raw_tuple, or raw[3] 0 when it has none. */
+static __always_inline u32 account_flow(struct flow_key *key, int rx, u32 *raw)
 {
     u64 now = bpf_ktime_get_coarse_ns();
-    u32 index = (key->owner * 2 + rx) & (FLOW_CACHE_SIZE - 1);
-    struct flow_cache_entry *cached = flow_cache.lookup(&index);
-    if (cached && now - cached->checked_ns < FLOW_TOUCH_NS && same_flow(&cached->key, key) &&
-        cached->peer_generation == generation_of(cached->peer))
+    struct flow_cache_entry *cached = flow_cache_of(key->owner, rx);
+    if (cached && cache_fresh(cached, now) && same_flow(&cached->key, key))
         return cached->peer;
     u32 peer = lookup_flow(key, now);
     if (cached) {
+        __builtin_memcpy(cached->raw, raw, sizeof(cached->raw));
         cached->key = *key;
         cached->peer = peer;
         cached->peer_generation = generation_of(peer);
@@ -402,6 +417,41 @@ static __always_inline u8 packet_flow_key(struct __sk_buff *skb, struct flow_key
     return family;
 }
 
+/* The raw tuple of an IPv4 packet whose headers are in place, as the flow
+ * key would take it: both addresses, the ports (ICMP: the echo id), the
+ * protocol and the owner; raw[3] stays 0 for any other packet (IPv6, a
+ * fragment, headers not in the linear area), which takes the flow key. */
+static __always_inline void raw_tuple(struct __sk_buff *skb, u32 owner, u32 *raw)
+{
+    u8 *l3 = (u8 *)(long)skb->data + ETH_HLEN;
+    u8 *end = (u8 *)(long)skb->data_end;
+    if (skb->protocol != ETH_P_IP_BE || l3 + 20 > end || (l3[6] & 0x1f) | l3[7])
+        return;
+    u8 *l4 = l3 + (l3[0] & 0x0f) * 4;
+    if (l4 + 8 > end)
+        return;
+    raw[0] = *(u32 *)&l3[12];
+    raw[1] = *(u32 *)&l3[16];
+    raw[2] = l3[9] == PROTO_ICMP ? *(u16 *)&l4[4] : *(u32 *)l4;
+    raw[3] = (owner << 8) | l3[9] | 0x80000000;   /* never 0 */
+}
+
+/* A steady IPv4 stream's peer from the per-CPU cache, with no flow key
+ * built; 0 when the cache has to be asked with the key. */
+static __always_inline int cached_peer(u32 owner, int rx, u32 *raw, u32 *peer)
+{
+    if (!raw[3])
+        return 0;
+    struct flow_cache_entry *cached = flow_cache_of(owner, rx);
+    if (!cached || ((cached->raw[0] ^ raw[0]) | (cached->raw[1] ^ raw[1]) |
+                    (cached->raw[2] ^ raw[2]) | (cached->raw[3] ^ raw[3])))
+        return 0;
+    if (!cache_fresh(cached, bpf_ktime_get_coarse_ns()))
+        return 0;
+    *peer = cached->peer;
+    return 1;
+}
+
 static __always_inline u32 *veth_slot(u32 ifindex)
 {
     if (ifindex < VETH_ARRAY_SIZE) {
@@ -429,23 +479,26 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
     if (!stored)
         return;
     u32 slot = *stored - 1;
-#if defined(COLLECT_PEERS) || defined(COLLECT_FLOWS)
-    struct flow_key key = {.owner = slot};
-    u8 family = packet_flow_key(skb, &key, rx);
-#else
     u8 family = skb->protocol == ETH_P_IP_BE ? 4 : skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
-#endif
     if (!family)
         return;
+#if defined(COLLECT_PEERS) || defined(COLLECT_FLOWS)
+    u32 peer = 0, raw[4] = {};
+    raw_tuple(skb, slot, raw);
+    if (!cached_peer(slot, rx, raw, &peer)) {
+        struct flow_key key = {.owner = slot};
+        if (!packet_flow_key(skb, &key, rx))
+            return;
+        peer = account_flow(&key, rx, raw);
+    }
+#endif
 #ifdef COLLECT_TRAFFIC
     u32 index = slot * 2 + rx;
     add_traffic(traffic.lookup(&index), tc_packets(skb), tc_bytes(skb));
 #endif
 #ifdef COLLECT_PEERS
-    struct peer_key pkey = {.slot = slot, .peer = account_flow(&key, rx), .direction = rx};
+    struct peer_key pkey = {.slot = slot, .peer = peer, .direction = rx};
     bump_peer(&pkey, tc_packets(skb), tc_bytes(skb));
-#elif defined(COLLECT_FLOWS)
-    account_flow(&key, rx);   /* the flow table alone: flows opened, and active when walked */
 #endif
 #if defined(COLLECT_NAT) && !defined(NAT_IN_NETFILTER)
     /* Into a container: DNAT brought it here, or SNAT rewrote it on its way
