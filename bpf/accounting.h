@@ -9,7 +9,9 @@
  * tcx; tracer/kernel/tclink.py links them): tx when it leaves the container, rx
  * when it arrives, however many hops it crosses on the host.  Those
  * programs read the headers in place, find the container in an array
- * indexed by ifindex, and resolve the peer once per flow.
+ * indexed by ifindex, and resolve the peer once per flow.  A packet of the
+ * stream its container and direction last saw touches that row's cache
+ * line (struct container_row), its peer's column and nothing else.
  *
  * NAT is counted from the conntrack entry netfilter already attached to the
  * packet, where its translation is final (count_nat): on the way into a
@@ -33,7 +35,12 @@
 #ifndef FLOW_TABLE_SIZE
 #define FLOW_TABLE_SIZE 65536
 #endif
-#define PEER_TABLE_SIZE 65536
+#ifndef PEER_COLUMNS
+#define PEER_COLUMNS 4
+#endif
+#define NO_COLUMN 0xff
+/* Pairs beyond their container's PEER_COLUMNS: as many again as the columns. */
+#define PEER_TABLE_SIZE (MAX_CONTAINERS * 2 * PEER_COLUMNS)
 #define IPS_SRC_NAT_BIT (1 << 4)
 #define IPS_DST_NAT_BIT (1 << 5)
 #define IP_CT_NEW 2
@@ -43,7 +50,37 @@
 BPF_HASH(container_ifaces, struct iface_key, u32, MAX_CONTAINERS * 4);  /* drops */
 BPF_HASH(container_addrs, struct addr_key, u32, MAX_CONTAINERS * 4);
 BPF_HASH(host_addrs, struct addr_key, u8, 1024);
-BPF_PERCPU_ARRAY(traffic, struct traffic, MAX_CONTAINERS * 2);   /* slot * 2 + direction */
+
+/* A container and direction (its row: slot * 2 + direction), per CPU: what
+ * a packet of a steady stream touches, in one cache line.  Per packet, the
+ * cost is the cache lines touched more than the instructions run. */
+struct container_row {
+    u64 packets;              /* the traffic collector */
+    u64 bytes;
+    /* The flow its last packet belonged to (flow_cache_keys has its key): */
+    u32 raw[4];               /* raw_tuple; raw[3] 0: none */
+    u32 peer;
+    u32 peer_generation;      /* trusted while the peer's slot... */
+    u32 owner_generation;     /* ...and the row's keep their owners */
+    u8 column;                /* the peer's column, or NO_COLUMN */
+    u8 pad[3];
+    u64 checked_ns;           /* the flow table last asked */
+};
+BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
+BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
+
+/* Per-peer counters: the first PEER_COLUMNS peers of each row in an array,
+ * in the row's own cache line (row * PEER_COLUMNS + column), found through
+ * the flow; the rest in a hash.  A peer keeps its column while the row's
+ * owner lives (tracer/daemon/bpf_maps.py clear_slot frees them); the
+ * daemon sums both. */
+struct columns_taken {
+    struct bpf_spin_lock lock;
+    u32 taken;
+};
+BPF_PERCPU_ARRAY(peer_columns, struct traffic, MAX_CONTAINERS * 2 * PEER_COLUMNS);
+BPF_HASH(peer_column_of, struct peer_key, u32, MAX_CONTAINERS * 2 * PEER_COLUMNS);
+BPF_ARRAY(peer_columns_taken, struct columns_taken, MAX_CONTAINERS * 2);
 BPF_PERCPU_HASH(peer_traffic, struct peer_key, struct traffic, PEER_TABLE_SIZE);
 BPF_PERCPU_HASH(drops, struct drop_key, u64, 16384);
 BPF_PERCPU_ARRAY(snat, struct traffic, MAX_CONTAINERS);
@@ -253,57 +290,78 @@ static __always_inline u32 generation_of(u32 peer)
     return generation ? *generation : 0;
 }
 
-/* Look the packet's flow up (inserting it when new) and return its peer:
- * resolved once per flow, so the per-packet path skips two address lookups.
- * last_ns is written at most every FLOW_TOUCH_NS to keep the shared entry's
- * cache line quiet; "active" has a granularity of seconds anyway, so the
- * clock is the coarse one (tracer/kernel/wire.py flow_clock_ns): ~25 ns a packet
- * cheaper than bpf_ktime_get_ns. */
-#define FLOW_TOUCH_NS 1000000000ULL
-
-/* The last flow each CPU saw per container and direction.  A steady stream
- * hits it and skips the flow-table lookup (a hash of a 44-byte key, ~30 ns);
- * the table is still looked up once per FLOW_TOUCH_NS per CPU, which keeps
- * last_ns and the LRU order fresh, and whenever the peer's slot changed
- * owner.  An IPv4 packet whose headers are in place is matched by its raw
- * tuple (raw_tuple), so a hit builds no flow key; the hot fields come first,
- * in one cache line: per packet, what costs is the lines touched. */
-#define FLOW_CACHE_SIZE 1024
-struct flow_cache_entry {
-    u32 raw[4];           /* raw_tuple of the cached flow; raw[3] 0: none */
-    u32 peer;
-    u32 peer_generation;
-    u64 checked_ns;
-    struct flow_key key;
-};
-BPF_PERCPU_ARRAY(flow_cache, struct flow_cache_entry, FLOW_CACHE_SIZE);
-
-static __always_inline int same_flow(struct flow_key *a, struct flow_key *b)
+/* The column of a row's peer, given on its first flow while the row has
+ * one free; NO_COLUMN: its counters are in peer_traffic. */
+static __always_inline u8 peer_column(u32 slot, u32 peer, int rx)
 {
-    u32 *x = (u32 *)a, *y = (u32 *)b;
-    u32 diff = 0;
-#pragma unroll
-    for (int i = 0; i < sizeof(struct flow_key) / 4; i++)
-        diff |= x[i] ^ y[i];
-    return diff == 0;
+    struct peer_key key = {.slot = slot, .peer = peer, .direction = rx};
+    u32 *given = peer_column_of.lookup(&key);
+    if (given)
+        return *given;
+    u32 row = slot * 2 + rx;
+    struct columns_taken *columns = peer_columns_taken.lookup(&row);
+    if (!columns)
+        return NO_COLUMN;
+    u32 column = PEER_COLUMNS;
+    bpf_spin_lock(&columns->lock);
+    if (columns->taken < PEER_COLUMNS) {
+        column = columns->taken;
+        columns->taken = column + 1;
+    }
+    bpf_spin_unlock(&columns->lock);
+    if (column >= PEER_COLUMNS)
+        return NO_COLUMN;
+    if (peer_column_of.insert(&key, &column) == 0)
+        return column;
+    given = peer_column_of.lookup(&key);   /* another CPU gave it one first */
+    return given ? *given : NO_COLUMN;
 }
 
-static __always_inline u32 lookup_flow(struct flow_key *key, u64 now)
+/* What a packet's flow tells its counters. */
+struct peer_ref {
+    u32 peer;
+    u8 column;
+};
+
+/* Look the packet's flow up (inserting it when new): its peer is resolved
+ * once per flow, and its column once per flow and direction, so the
+ * per-packet path skips the address and column lookups.  last_ns is written
+ * at most every FLOW_TOUCH_NS to keep the shared entry's cache line quiet;
+ * "active" has a granularity of seconds anyway, so the clock is the coarse
+ * one (tracer/kernel/wire.py flow_clock_ns): ~25 ns a packet cheaper than
+ * bpf_ktime_get_ns. */
+#define FLOW_TOUCH_NS 1000000000ULL
+
+static __always_inline void lookup_flow(struct flow_key *key, int rx, u64 now,
+                                        struct peer_ref *ref)
 {
     u32 slot = key->owner;
+    u32 owner_generation = generation_of(slot);
     struct flow_value *value = flows.lookup(key);
-    if (value && value->slot == slot) {
+    if (value && value->slot == slot && value->owner_generation == owner_generation) {
         if (now - value->last_ns > FLOW_TOUCH_NS)
             value->last_ns = now;
-        if (value->peer_generation == generation_of(value->peer))
-            return value->peer;
-        value->peer = resolve_peer(key->remote_addr);   /* the peer's slot changed owner */
-        value->peer_generation = generation_of(value->peer);
-        return value->peer;
+        if (value->peer_generation != generation_of(value->peer)) {
+            value->peer = resolve_peer(key->remote_addr);   /* its slot changed owner */
+            value->peer_generation = generation_of(value->peer);
+            value->column[0] = value->column[1] = NO_COLUMN;
+        }
+        ref->peer = value->peer;
+#ifdef COLLECT_PEERS
+        if (value->column[rx & 1] == NO_COLUMN)
+            value->column[rx & 1] = peer_column(slot, value->peer, rx);
+        ref->column = value->column[rx & 1];
+#endif
+        return;
     }
     struct flow_value fresh = {.first_ns = now, .last_ns = now, .slot = slot,
-                               .peer = resolve_peer(key->remote_addr)};
+                               .peer = resolve_peer(key->remote_addr),
+                               .owner_generation = owner_generation,
+                               .column = {NO_COLUMN, NO_COLUMN}};
     fresh.peer_generation = generation_of(fresh.peer);
+#ifdef COLLECT_PEERS
+    fresh.column[rx & 1] = peer_column(slot, fresh.peer, rx);
+#endif
     int err = value ? flows.update(key, &fresh) : flows.insert(key, &fresh);
     if (err == 0) {
         count_stat(STAT_FLOW_INSERTS);
@@ -313,38 +371,25 @@ static __always_inline u32 lookup_flow(struct flow_key *key, u64 now)
     } else if (err != -17) {   /* -EEXIST: another CPU inserted it first */
         count_stat(STAT_FLOW_UPDATE_FAILED);
     }
-    return fresh.peer;
+    ref->peer = fresh.peer;
+    ref->column = fresh.column[rx & 1];
 }
 
-static __always_inline struct flow_cache_entry *flow_cache_of(u32 owner, int rx)
+static __always_inline int row_fresh(struct container_row *row, u32 slot, u64 now)
 {
-    u32 index = (owner * 2 + rx) & (FLOW_CACHE_SIZE - 1);
-    return flow_cache.lookup(&index);
+    return now - row->checked_ns < FLOW_TOUCH_NS &&
+           row->peer_generation == generation_of(row->peer) &&
+           row->owner_generation == generation_of(slot);
 }
 
-static __always_inline int cache_fresh(struct flow_cache_entry *cached, u64 now)
+static __always_inline int same_flow(struct flow_key *a, struct flow_key *b)
 {
-    return now - cached->checked_ns < FLOW_TOUCH_NS &&
-           cached->peer_generation == generation_of(cached->peer);
-}
-
-/* The packet's peer, through the per-CPU cache, then the flow table.
- * raw: the packet's raw_tuple, or raw[3] 0 when it has none. */
-static __always_inline u32 account_flow(struct flow_key *key, int rx, u32 *raw)
-{
-    u64 now = bpf_ktime_get_coarse_ns();
-    struct flow_cache_entry *cached = flow_cache_of(key->owner, rx);
-    if (cached && cache_fresh(cached, now) && same_flow(&cached->key, key))
-        return cached->peer;
-    u32 peer = lookup_flow(key, now);
-    if (cached) {
-        __builtin_memcpy(cached->raw, raw, sizeof(cached->raw));
-        cached->key = *key;
-        cached->peer = peer;
-        cached->peer_generation = generation_of(peer);
-        cached->checked_ns = now;
-    }
-    return peer;
+    u32 *x = (u32 *)a, *y = (u32 *)b;
+    u32 diff = 0;
+#pragma unroll
+    for (int i = 0; i < sizeof(struct flow_key) / 4; i++)
+        diff |= x[i] ^ y[i];
+    return diff == 0;
 }
 
 /* ---------------------------------------------------- tc: container veths */
@@ -420,7 +465,7 @@ static __always_inline u8 packet_flow_key(struct __sk_buff *skb, struct flow_key
 /* The raw tuple of an IPv4 packet whose headers are in place, as the flow
  * key would take it: both addresses, the ports (ICMP: the echo id), the
  * protocol and the owner; raw[3] stays 0 for any other packet (IPv6, a
- * fragment, headers not in the linear area), which takes the flow key. */
+ * fragment, headers not in the linear area), which is matched by its key. */
 static __always_inline void raw_tuple(struct __sk_buff *skb, u32 owner, u32 *raw)
 {
     u8 *l3 = (u8 *)(long)skb->data + ETH_HLEN;
@@ -436,19 +481,40 @@ static __always_inline void raw_tuple(struct __sk_buff *skb, u32 owner, u32 *raw
     raw[3] = (owner << 8) | l3[9] | 0x80000000;   /* never 0 */
 }
 
-/* A steady IPv4 stream's peer from the per-CPU cache, with no flow key
- * built; 0 when the cache has to be asked with the key. */
-static __always_inline int cached_peer(u32 owner, int rx, u32 *raw, u32 *peer)
+/* The packet's peer and column: from its row when the packet is of the
+ * row's last flow (a steady IPv4 stream builds no flow key), else from the
+ * flow table, which the row then caches.  Returns 0 for a packet whose
+ * headers cannot be read. */
+static __always_inline int account_flow(struct __sk_buff *skb, struct container_row *row,
+                                        u32 slot, int rx, struct peer_ref *ref)
 {
-    if (!raw[3])
+    u32 raw[4] = {};
+    raw_tuple(skb, slot, raw);
+    u64 now = bpf_ktime_get_coarse_ns();
+    if (raw[3] && !((row->raw[0] ^ raw[0]) | (row->raw[1] ^ raw[1]) | (row->raw[2] ^ raw[2]) |
+                    (row->raw[3] ^ raw[3])) && row_fresh(row, slot, now))
+        goto cached;
+    struct flow_key key = {.owner = slot};
+    if (!packet_flow_key(skb, &key, rx))
         return 0;
-    struct flow_cache_entry *cached = flow_cache_of(owner, rx);
-    if (!cached || ((cached->raw[0] ^ raw[0]) | (cached->raw[1] ^ raw[1]) |
-                    (cached->raw[2] ^ raw[2]) | (cached->raw[3] ^ raw[3])))
+    u32 index = slot * 2 + rx;
+    struct flow_key *cached_key = flow_cache_keys.lookup(&index);
+    if (!cached_key)
         return 0;
-    if (!cache_fresh(cached, bpf_ktime_get_coarse_ns()))
-        return 0;
-    *peer = cached->peer;
+    if (!raw[3] && !row->raw[3] && row_fresh(row, slot, now) && same_flow(cached_key, &key))
+        goto cached;
+    lookup_flow(&key, rx, now, ref);
+    __builtin_memcpy(row->raw, raw, sizeof(row->raw));
+    *cached_key = key;
+    row->peer = ref->peer;
+    row->peer_generation = generation_of(ref->peer);
+    row->owner_generation = generation_of(slot);
+    row->column = ref->column;
+    row->checked_ns = now;
+    return 1;
+cached:
+    ref->peer = row->peer;
+    ref->column = row->column;
     return 1;
 }
 
@@ -471,6 +537,18 @@ static __always_inline u32 tc_bytes(struct __sk_buff *skb)   /* IP-layer bytes *
     return skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
 }
 
+static __always_inline void count_peer(u32 row, struct peer_ref *ref, u32 slot, int rx,
+                                       u32 packets, u32 bytes)
+{
+    if (ref->column < PEER_COLUMNS) {
+        u32 index = row * PEER_COLUMNS + ref->column;
+        add_traffic(peer_columns.lookup(&index), packets, bytes);
+        return;
+    }
+    struct peer_key key = {.slot = slot, .peer = ref->peer, .direction = rx};
+    bump_peer(&key, packets, bytes);
+}
+
 /* What runs is what the daemon's collectors ask for (tracer/kernel/loader.py sets
  * COLLECT_TRAFFIC, COLLECT_PEERS, COLLECT_FLOWS and COLLECT_NAT). */
 static __always_inline void count_tc(struct __sk_buff *skb, int rx)
@@ -482,23 +560,22 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
     u8 family = skb->protocol == ETH_P_IP_BE ? 4 : skb->protocol == ETH_P_IPV6_BE ? 6 : 0;
     if (!family)
         return;
+    u32 index = slot * 2 + rx;
+    struct container_row *row = container_rows.lookup(&index);
+    if (!row)
+        return;
+    u32 packets = tc_packets(skb), bytes = tc_bytes(skb);
 #if defined(COLLECT_PEERS) || defined(COLLECT_FLOWS)
-    u32 peer = 0, raw[4] = {};
-    raw_tuple(skb, slot, raw);
-    if (!cached_peer(slot, rx, raw, &peer)) {
-        struct flow_key key = {.owner = slot};
-        if (!packet_flow_key(skb, &key, rx))
-            return;
-        peer = account_flow(&key, rx, raw);
-    }
+    struct peer_ref ref = {.column = NO_COLUMN};
+    if (!account_flow(skb, row, slot, rx, &ref))
+        return;
 #endif
 #ifdef COLLECT_TRAFFIC
-    u32 index = slot * 2 + rx;
-    add_traffic(traffic.lookup(&index), tc_packets(skb), tc_bytes(skb));
+    row->packets += packets;
+    row->bytes += bytes;
 #endif
 #ifdef COLLECT_PEERS
-    struct peer_key pkey = {.slot = slot, .peer = peer, .direction = rx};
-    bump_peer(&pkey, tc_packets(skb), tc_bytes(skb));
+    count_peer(index, &ref, slot, rx, packets, bytes);
 #endif
 #if defined(COLLECT_NAT) && !defined(NAT_IN_NETFILTER)
     /* Into a container: DNAT brought it here, or SNAT rewrote it on its way
@@ -507,7 +584,7 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
     u32 info = 0;
     u64 status = rx ? nat_of((u64)skb, IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT, &ct, &info) : 0;
     if (status)
-        count_nat(ct, info, status, family, tc_packets(skb), tc_bytes(skb));
+        count_nat(ct, info, status, family, packets, bytes);
 #endif
 }
 

@@ -145,8 +145,11 @@ struct flow_value {
     u64 last_ns;          /* refreshed at most every FLOW_TOUCH_NS */
     u32 slot;
     u32 peer;             /* the remote end, resolved once per flow... */
-    u32 peer_generation;  /* ...and trusted while that slot keeps its owner */
-    u32 pad;
+    u32 peer_generation;  /* ...and trusted while that slot keeps its owner; */
+    u32 owner_generation; /* the flow is the owner's while its slot keeps it */
+    u8 column[2];         /* by direction: the peer's counters in peer_columns */
+    u16 pad;
+    u32 pad2;
 };
 
 #endif /* CNTRACE_H */

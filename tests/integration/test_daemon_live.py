@@ -36,6 +36,7 @@ from tests.integration.prometheus import (
     value,
 )
 from tests.integration.test_ping_live import extra_container, iptables_rule
+from tracer.kernel import loader
 from tracer.ping.probe_socket import open_socket
 from tracer.testbed import check_route
 
@@ -352,6 +353,39 @@ def test_churn_keeps_attribution_exact_and_drops_gone_series(daemon, testbed, do
     wait_until(lambda: {m: get(daemon.scrape(), "cntrace_map_entries", map=m) for m in maps}
                == in_maps, f"the maps back to {in_maps}")
     assert daemon.proc.poll() is None
+
+
+def heard_from(samples, container: str, peers) -> dict[str, float]:
+    return {peer: get(samples, "cntrace_container_peer_packets_total", container=container,
+                      peer=peer, direction="rx") for peer in peers}
+
+
+def test_more_peers_than_columns_each_count_exactly(daemon, testbed, docker_client):
+    """b hears from more containers than its row has peer columns
+    (tracer/kernel/loader.py PEER_COLUMNS): the first peers are counted in
+    columns, the rest in the hash, each pair exactly.  Twice: the second
+    time the first round's slots have new owners, which take over their
+    columns in b's row from zero."""
+    b = testbed.containers["b"]
+    check_route(b.ip, [b.bridge])
+    for round_ in range(2):
+        names = [f"cntrace-peers-{round_}-{i}" for i in range(loader.PEER_COLUMNS + 3)]
+        with contextlib.ExitStack() as stack:
+            sent = {}
+            for i, name in enumerate(names):
+                container = stack.enter_context(extra_container(docker_client, name))
+                wait_until(lambda n=name: n in names_in(daemon.scrape()), f"{name} seen")
+                sent[name] = (container.attrs["State"]["Pid"], 5 + i)
+            for pid, count in sent.values():
+                send_udp(pid, b.ip, 9, count, 10)
+            wanted = {name: count for name, (_, count) in sent.items()}
+            samples = wait_until(lambda w=wanted: (s := daemon.scrape())
+                                 and heard_from(s, b.name, w) == w and s,
+                                 f"b's peers in round {round_}")
+            for name, count in wanted.items():
+                assert get(samples, "cntrace_container_peer_packets_total", container=name,
+                           peer=b.name, direction="tx") == count, name
+        wait_until(lambda n=names: not (set(n) & names_in(daemon.scrape())), "senders gone")
 
 
 def test_trace_ping_alongside_the_daemon(daemon, testbed):

@@ -67,7 +67,9 @@ class FakeTracer:
 
     def __init__(self):
         self.maps = {
-            "traffic": PerCpu(wire.Traffic), "snat": PerCpu(wire.Traffic),
+            "container_rows": PerCpu(wire.Traffic), "snat": PerCpu(wire.Traffic),
+            "peer_columns": PerCpu(wire.Traffic), "peer_column_of": Plain(ctypes.c_uint32),
+            "peer_columns_taken": Plain(ctypes.c_uint32),
             "snat_translations": PerCpu(ctypes.c_uint64), "flows_opened": PerCpu(ctypes.c_uint64),
             "slot_generation": Plain(ctypes.c_uint32), "peer_traffic": PerCpu(wire.Traffic),
             "drops": PerCpu(ctypes.c_uint64), "dnat": PerCpu(wire.Traffic),
@@ -89,7 +91,8 @@ def per_cpu(*pairs):
 
 def test_per_cpu_values_are_summed():
     tracer = FakeTracer()
-    tracer["traffic"][ctypes.c_int(2 * 2 + wire.DIR_RX)] = per_cpu((1, 100), (2, 200), (3, 300))
+    tracer["container_rows"][ctypes.c_int(2 * 2 + wire.DIR_RX)] = per_cpu((1, 100), (2, 200),
+                                                                            (3, 300))
     tracer["snat"][ctypes.c_int(2)] = per_cpu((1, 10), (0, 0), (4, 40))
     tracer["snat_translations"][ctypes.c_int(2)] = [ctypes.c_uint64(1)] * NCPU
     counters = BpfCounters(tracer)
@@ -114,7 +117,7 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     tracer["peer_traffic"][wire.PeerKey(5, 2, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["peer_traffic"][wire.PeerKey(5, 7, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["drops"][wire.DropKey(2, 12)] = [ctypes.c_uint64(1)] * NCPU
-    tracer["traffic"][ctypes.c_int(4)] = per_cpu((9, 9), (9, 9), (9, 9))
+    tracer["container_rows"][ctypes.c_int(4)] = per_cpu((9, 9), (9, 9), (9, 9))
     counters = BpfCounters(tracer)
     counters.clear_slot(2)
     left = {(k.slot, k.peer) for k, _, _ in counters.peer_traffic()}
@@ -122,6 +125,40 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     assert counters.drops() == []
     assert counters.traffic(2, wire.DIR_TX) == (0, 0)
     assert tracer["slot_generation"][ctypes.c_int(2)].value == 1   # cached peers re-resolve
+
+
+def column(slot: int, direction: int, number: int) -> ctypes.c_int:
+    return ctypes.c_int((slot * 2 + direction) * loader.PEER_COLUMNS + number)
+
+
+def test_a_pair_counts_in_its_column_and_in_the_hash_summed():
+    tracer = FakeTracer()
+    tracer["peer_column_of"][wire.PeerKey(2, 5, wire.DIR_TX)] = ctypes.c_uint32(1)
+    tracer["peer_columns"][column(2, wire.DIR_TX, 1)] = per_cpu((1, 10), (2, 20), (0, 0))
+    tracer["peer_traffic"][wire.PeerKey(2, 5, wire.DIR_TX)] = per_cpu((1, 5), (0, 0), (0, 0))
+    tracer["peer_traffic"][wire.PeerKey(2, 7, wire.DIR_TX)] = per_cpu((4, 40), (0, 0), (0, 0))
+    # A column given and not counted in yet (or zeroed when its peer went).
+    tracer["peer_column_of"][wire.PeerKey(2, 9, wire.DIR_TX)] = ctypes.c_uint32(2)
+    rows = {(k.slot, k.peer, k.direction): (p, b)
+            for k, p, b in BpfCounters(tracer).peer_traffic()}
+    assert rows == {(2, 5, wire.DIR_TX): (4, 35), (2, 7, wire.DIR_TX): (4, 40)}
+
+
+def test_clearing_a_slot_frees_its_columns_and_zeroes_the_columns_naming_it():
+    tracer = FakeTracer()
+    tracer["peer_column_of"][wire.PeerKey(2, 5, wire.DIR_TX)] = ctypes.c_uint32(0)
+    tracer["peer_columns"][column(2, wire.DIR_TX, 0)] = per_cpu((1, 1), (1, 1), (1, 1))
+    tracer["peer_columns_taken"][ctypes.c_int(2 * 2 + wire.DIR_TX)] = ctypes.c_uint32(1)
+    tracer["peer_column_of"][wire.PeerKey(5, 2, wire.DIR_RX)] = ctypes.c_uint32(3)
+    tracer["peer_columns"][column(5, wire.DIR_RX, 3)] = per_cpu((1, 1), (1, 1), (1, 1))
+    tracer["peer_column_of"][wire.PeerKey(5, 7, wire.DIR_RX)] = ctypes.c_uint32(0)
+    tracer["peer_columns"][column(5, wire.DIR_RX, 0)] = per_cpu((1, 1), (1, 1), (1, 1))
+    counters = BpfCounters(tracer)
+    counters.clear_slot(2)
+    assert {(k.slot, k.peer) for k, _, _ in counters.peer_traffic()} == {(5, 7)}
+    assert len(tracer["peer_columns_taken"]) == 0          # slot 2's row starts over
+    given = {(k.slot, k.peer): v.value for k, v in tracer["peer_column_of"].items()}
+    assert given == {(5, 2): 3, (5, 7): 0}   # slot 2's next owner is 5's peer in column 3
 
 
 def test_a_veth_slot_lives_in_the_array_or_beyond_it():

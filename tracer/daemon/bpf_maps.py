@@ -11,7 +11,7 @@ from tracer.kernel import loader, tclink, wire
 from tracer.kernel.tclink import LINKED, UNSUPPORTED
 from tracer.stream.filters import addr_key
 
-SLOT_ARRAYS = ("snat", "snat_translations", "flows_opened")
+SLOT_ARRAYS = ("snat", "snat_translations", "flows_opened")   # indexed by slot
 SLOT_HASHES = ("peer_traffic", "drops", "dnat", "dnat_translations", "drop_last_event")
 
 
@@ -21,6 +21,11 @@ def _sum_traffic(per_cpu) -> tuple[int, int]:
 
 def _sum_count(per_cpu) -> int:
     return sum(int(getattr(v, "value", v)) for v in per_cpu)
+
+
+def _column_index(key, column: int) -> int:
+    """Where a pair's counters are in peer_columns (bpf/accounting.h)."""
+    return (key.slot * 2 + key.direction) * loader.PEER_COLUMNS + column
 
 
 class BpfCounters:
@@ -97,15 +102,25 @@ class BpfCounters:
 
     def clear_slot(self, slot: int) -> None:
         """Zero every counter of a slot, and of the slot as someone's peer."""
-        ncpu = len(self._t["traffic"][ctypes.c_int(0)])
-        for index in (slot * 2, slot * 2 + 1):
-            self._t["traffic"][ctypes.c_int(index)] = (wire.Traffic * ncpu)()
-        self._t["snat"][ctypes.c_int(slot)] = (wire.Traffic * ncpu)()
-        for name in ("snat_translations", "flows_opened"):
-            self._t[name][ctypes.c_int(slot)] = (ctypes.c_uint64 * ncpu)()
-        # Flows that cached this slot as their peer re-resolve it.
+        for row in (slot * 2, slot * 2 + 1):   # deleting an array's element zeroes it
+            self._delete("container_rows", ctypes.c_int(row))
+            self._delete("peer_columns_taken", ctypes.c_int(row))
+            for column in range(loader.PEER_COLUMNS):
+                self._delete("peer_columns", ctypes.c_int(row * loader.PEER_COLUMNS + column))
+        for name in SLOT_ARRAYS:
+            self._delete(name, ctypes.c_int(slot))
+        # Flows and rows that cached this slot, as their owner or their
+        # peer, look it up again.
         generation = self._t["slot_generation"]
         generation[ctypes.c_int(slot)] = ctypes.c_uint32(generation[ctypes.c_int(slot)].value + 1)
+        # The slot's own columns are free again; its column in another's row
+        # is kept, zeroed, for the slot's next owner.
+        columns = self._t["peer_column_of"]
+        for key, column in list(columns.items()):
+            if key.slot == slot:
+                self._delete("peer_column_of", key)
+            elif key.peer == slot:
+                self._delete("peer_columns", ctypes.c_int(_column_index(key, column.value)))
         for name in SLOT_HASHES:
             table = self._t[name]
             for key in list(table.keys()):
@@ -118,7 +133,7 @@ class BpfCounters:
 
     # ------------------------------------------------------------- reading
     def traffic(self, slot: int, direction: int) -> tuple[int, int]:
-        return _sum_traffic(self._t["traffic"][ctypes.c_int(slot * 2 + direction)])
+        return _sum_traffic(self._t["container_rows"][ctypes.c_int(slot * 2 + direction)])
 
     def snat(self, slot: int) -> tuple[int, int, int]:
         packets, nbytes = _sum_traffic(self._t["snat"][ctypes.c_int(slot)])
@@ -128,7 +143,23 @@ class BpfCounters:
         return _sum_count(self._t["flows_opened"][ctypes.c_int(slot)])
 
     def peer_traffic(self) -> list[tuple[wire.PeerKey, int, int]]:
-        return [(k, *_sum_traffic(v)) for k, v in self._t["peer_traffic"].items()]
+        """Each pair that has counted something: its column and its hash
+        entry summed (a pair can have both when two CPUs met it first at
+        once, as its row's last column went)."""
+        sums: dict[tuple[int, int, int], list[int]] = {}
+
+        def add(key, packets: int, nbytes: int) -> None:
+            total = sums.setdefault((key.slot, key.peer, key.direction), [0, 0])
+            total[0] += packets
+            total[1] += nbytes
+
+        columns = self._t["peer_columns"]
+        for key, column in self._t["peer_column_of"].items():
+            add(key, *_sum_traffic(columns[ctypes.c_int(_column_index(key, column.value))]))
+        for key, per_cpu in self._t["peer_traffic"].items():
+            add(key, *_sum_traffic(per_cpu))
+        return [(wire.PeerKey(*key), packets, nbytes)
+                for key, (packets, nbytes) in sums.items() if packets]
 
     def drops(self) -> list[tuple[wire.DropKey, int]]:
         return [(k, _sum_count(v)) for k, v in self._t["drops"].items()]

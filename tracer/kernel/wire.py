@@ -174,7 +174,8 @@ class FlowValue(ctypes.Structure):
 
     _fields_ = [("first_ns", ctypes.c_uint64), ("last_ns", ctypes.c_uint64),
                 ("slot", ctypes.c_uint32), ("peer", ctypes.c_uint32),
-                ("peer_generation", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+                ("peer_generation", ctypes.c_uint32), ("owner_generation", ctypes.c_uint32),
+                ("column", ctypes.c_uint8 * 2), ("pad", ctypes.c_uint16), ("pad2", ctypes.c_uint32)]
 
 
 class DecodeError(ValueError):
