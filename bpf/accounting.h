@@ -69,11 +69,11 @@ struct container_row {
 BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
 BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
 
-/* Per-peer counters: the first PEER_COLUMNS peers of each row in an array,
- * in the row's own cache line (row * PEER_COLUMNS + column), found through
- * the flow; the rest in a hash.  A peer keeps its column while the row's
- * owner lives (tracer/daemon/bpf_maps.py clear_slot frees them); the
- * daemon sums both. */
+/* Per-peer counters: the first PEER_COLUMNS peers of each row in an array
+ * (row * PEER_COLUMNS + column: a row's columns share a cache line), their
+ * column found through the flow; the rest in a hash.  A peer keeps its
+ * column while the row's owner lives (tracer/daemon/bpf_maps.py clear_slot
+ * frees them); the daemon sums both. */
 struct columns_taken {
     struct bpf_spin_lock lock;
     u32 taken;
