@@ -155,11 +155,14 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each ratio")
     parser.add_argument("--seconds", type=int, default=3, help="length of each iperf3 run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="program-cost: rounds over its modes, each mode once a round")
     parser.add_argument("--mode", action="append", metavar="TEXT",
                         help="overhead: only the modes whose name contains TEXT (repeatable)")
-    parser.add_argument("--compare-checkout", metavar="DIR",
-                        help="overhead: also the daemon of another checkout (a git worktree "
-                             "of an earlier commit), for before/after in one run")
+    parser.add_argument("--compare-checkout", metavar="DIR", action="append",
+                        help="overhead and program-cost: also the daemon of another checkout "
+                             "(a git worktree of an earlier commit), for before/after in one "
+                             "run (repeatable)")
     return parser
 
 
@@ -191,13 +194,16 @@ def running(argv: list[str], ready: str | None = None, settle: float = 1.0,
 
 
 class Daemon:
-    """`cntrace daemon` on a free loopback port, ready when /healthz answers."""
+    """`cntrace daemon` on a free loopback port, ready when /healthz answers;
+    cwd: the checkout it runs from (`-m tracer` imports the one there)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([*CNTRACE, "daemon", "--web.listen-address",
                                       f"127.0.0.1:{self.port}", *args],
-                                     stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                     cwd=cwd)
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1)

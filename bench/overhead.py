@@ -96,10 +96,8 @@ def modes(info, args) -> dict[str, object]:
                        settle=4.0, env=env, cwd=cwd)
 
     disable = features.DISABLE_VARIABLE
-    compared = {}
-    if args.compare_checkout:
-        compared[f"cntrace daemon of {args.compare_checkout}"] = \
-            lambda: daemon(cwd=args.compare_checkout)
+    compared = {f"cntrace daemon of {checkout}": lambda c=checkout: daemon(cwd=c)
+                for checkout in args.compare_checkout or ()}
     return {
         **compared,
         "floor: empty programs on the daemon's attach points":

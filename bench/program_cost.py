@@ -17,7 +17,7 @@ attach points) is measured the same way: its time per run is the
 accounting's own, and what a tool adds is its share less that much per run
 of its programs.
 
-    /opt/cntrace/venv/bin/python bench/program_cost.py [--reps N]
+    /opt/cntrace/venv/bin/python bench/program_cost.py [--rounds N]
 
 Traffic stays between the testbed's own containers.
 """
@@ -98,10 +98,16 @@ def run(info, args) -> list[str]:
     def daemon(*flags: str, **env: str):
         return lambda: Daemon(*flags, env=env)
 
+    compared = {}
+    for checkout in args.compare_checkout or ():
+        compared[f"cntrace daemon of {checkout}"] = lambda c=checkout: Daemon(cwd=c)
     # name: start; the collector rows price each collector's per-packet work
     # (README.md "Collectors").
     modes = {FLOOR: lambda: empty_programs(veths, exits, netfilter=False),
+             **compared,
              "cntrace daemon": daemon(),
+             "cntrace daemon, classic tc (no tcx)":
+                 daemon(**{features.DISABLE_VARIABLE: features.TCX}),
              "cntrace daemon, NAT at netfilter hooks":
                  daemon(**{features.DISABLE_VARIABLE: features.TC_CONNTRACK}),
              "`--no-collector.peers`": daemon("--no-collector.peers"),
@@ -114,13 +120,16 @@ def run(info, args) -> list[str]:
                  [*CNTRACE, "events", "-p", "icmp", "-a", info.wan_ip], ready="tracing on",
                  settle=0.5)}
     costs, totals = {}, {}
+    # Round after round, every mode once in each: the machine's speed drifts
+    # over minutes, and the share with it, so modes are compared round by
+    # round, not one after the other.
     with iperf_server(b.pid):
-        for name, start in modes.items():
-            with start():
-                for _ in range(args.reps):
+        for _ in range(args.rounds):
+            for name, start in modes.items():
+                with start():
                     cost, total = measure(a, b, args.seconds)
-                    costs.setdefault(name, []).extend(cost)
-                    totals.setdefault(name, []).append(total)
+                costs.setdefault(name, []).extend(cost)
+                totals.setdefault(name, []).append(total)
     lines = ["| running | program | runs per packet | ns per run |", "|---|---|---|---|"]
     for name, cost in costs.items():
         for program in dict.fromkeys(n for n, _, _ in cost):
@@ -129,7 +138,7 @@ def run(info, args) -> list[str]:
             lines.append(f"| {name} | `{program}` | {statistics.mean(runs):.2f} | "
                          f"{statistics.mean(ns):.0f} |")
     accounting = sum(s for s, _, _ in totals[FLOOR]) / sum(r for _, r, _ in totals[FLOOR])
-    lines += ["", f"| running | share of the sending CPU in BPF programs (n={args.reps}) | "
+    lines += ["", f"| running | share of the sending CPU in BPF programs (n={args.rounds}) | "
                   f"less the accounting ({accounting:.0f} ns a run) | "
                   "estimated rate ratio |", "|---|---|---|---|"]
     for name, values in totals.items():

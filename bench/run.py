@@ -4,7 +4,7 @@ Prints the tables that BENCHMARKS.md records; about 20 minutes with
 --reps 4.  `bash deploy/setup.sh bench [ARG...]` installs what it needs
 (iperf3, tcpdump) and runs it:
 
-    /opt/cntrace/venv/bin/python bench/run.py [--reps N] [--seconds S] [--only SECTION]
+    /opt/cntrace/venv/bin/python bench/run.py [--reps N] [--rounds N] [--seconds S] [--only SECTION]
 
 - overhead: what tracing costs other traffic (UDP 64B, TCP), cntrace's modes
   and the floor, against tcpdump and conntrack -E;
