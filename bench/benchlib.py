@@ -138,8 +138,10 @@ def testbed() -> Iterator[object]:
         check_route(info.wan_ip, [info.wan_host_ifname])
         yield info
     finally:
-        bed.down()
-        engine.stop()
+        try:
+            bed.down()
+        finally:
+            engine.stop()
 
 
 def standalone(run: Callable[[object, argparse.Namespace], list[str]], doc: str) -> int:

@@ -143,9 +143,9 @@ class BpfCounters:
         return _sum_count(self._t["flows_opened"][ctypes.c_int(slot)])
 
     def peer_traffic(self) -> list[tuple[wire.PeerKey, int, int]]:
-        """Each pair that has counted something: its column and its hash
-        entry summed (a pair can have both when two CPUs met it first at
-        once, as its row's last column went)."""
+        """Each pair that has counted something.  A pair counts in its
+        column, or in the hash when its row had no column left; in both
+        when two CPUs met it at once as the last column went: summed."""
         sums: dict[tuple[int, int, int], list[int]] = {}
 
         def add(key, packets: int, nbytes: int) -> None:
