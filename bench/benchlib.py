@@ -85,7 +85,8 @@ def busy_ns(cpu: str) -> int:
     softirq; not idle, iowait or steal) since boot, in nanoseconds."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
-            ticks = sum(int(line.split()[1:][i]) for i in (0, 1, 2, 5, 6))
+            fields = line.split()[1:]
+            ticks = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
             return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
     raise RuntimeError(f"no cpu{cpu} in /proc/stat")
 
