@@ -1,6 +1,7 @@
 """What tracing costs other traffic: container -> container over docker0, UDP
-64-byte packet rate and TCP throughput (iperf3 in the containers' netns,
-client and server on CPUs of their own: bench/benchlib.py), each mode interleaved with the baseline
+64-byte packet rate (through the host into b) and TCP throughput (iperf3 in
+the containers' netns, client and server on CPUs of their own:
+bench/benchlib.py iperf), each mode interleaved with the baseline
 (baseline, tool, baseline, ...), several repetitions, same run.
 
 Modes:
@@ -23,14 +24,22 @@ Traffic stays between the testbed's own containers.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
+import socket
 import sys
 import time
 from collections.abc import Iterator
 
-from benchlib import CNTRACE, free_port, iperf, iperf_server, running, spread, standalone
+from benchlib import (
+    CNTRACE,
+    free_port,
+    host_veth,
+    iperf,
+    iperf_server,
+    running,
+    spread,
+    standalone,
+)
 
 from tracer.kernel import bpflink, features, loader
 
@@ -46,13 +55,6 @@ def exit_ifindexes() -> list[int]:
     from tracer.host.topology import exit_devices
 
     return list(exit_devices(docker_engine.discover(docker_engine.docker_client())))
-
-
-def host_veth_ifindex(pid: int) -> int:
-    """The host-side peer of the container's eth0 (its link_index)."""
-    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "link", "show", "eth0"],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["link_index"]
 
 
 @contextlib.contextmanager
@@ -87,7 +89,7 @@ def empty_programs(veths: list[int], exits: list[int], netfilter: bool) -> Itera
 
 def modes(info, args) -> dict[str, object]:
     a = info.containers["a"]
-    veths = [host_veth_ifindex(info.containers[k].pid) for k in "ab"]
+    veths = [socket.if_nametoindex(host_veth(info.containers[k].pid)) for k in "ab"]
     exits = exit_ifindexes()
     loop = f"while true; do {' '.join(CNTRACE)} ping {a.name} {info.wan_ip} >/dev/null; done"
 
@@ -129,12 +131,12 @@ def run(info, args) -> list[str]:
             # Baseline, tool, baseline, tool, ...: each run with the tool is
             # compared with the mean of the baselines just before and after
             # it, which cancels a drift of the machine's speed.
-            before = {p: iperf(a.pid, b.ip, p == "udp", args.seconds) for p in ratios}
+            before = {p: iperf(a, b, p == "udp", args.seconds) for p in ratios}
             for _ in range(args.reps):
                 with start():
-                    measured = {p: iperf(a.pid, b.ip, p == "udp", args.seconds) for p in ratios}
+                    measured = {p: iperf(a, b, p == "udp", args.seconds) for p in ratios}
                 for proto in ratios:
-                    after = iperf(a.pid, b.ip, proto == "udp", args.seconds)
+                    after = iperf(a, b, proto == "udp", args.seconds)
                     base_rates[proto].append(after)
                     ratios[proto].append(measured[proto] / ((before[proto] + after) / 2))
                     before[proto] = after

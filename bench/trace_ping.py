@@ -62,9 +62,9 @@ def run(info, args) -> list[str]:
     tracer = [*CNTRACE, "events", "-p", "icmp", "-a", info.wan_ip]
     with iperf_server(b.pid):
         for _ in range(args.reps):
-            base.append(iperf(a.pid, b.ip, True, args.seconds))
+            base.append(iperf(a, b, True, args.seconds))
             with running(tracer, ready="tracing on", settle=0.5):
-                attached.append(iperf(a.pid, b.ip, True, args.seconds))
+                attached.append(iperf(a, b, True, args.seconds))
     steady = [x / y for x, y in zip(attached, base, strict=True)]
     return [
         "| measure | value |", "|---|---|",

@@ -60,11 +60,9 @@ struct container_row {
     /* The flow its last packet belonged to (flow_cache_keys has its key): */
     u32 raw[4];               /* raw_tuple; raw[3] 0: none */
     u32 peer;
-    u32 peer_generation;      /* trusted while the peer's slot... */
-    u32 owner_generation;     /* ...and the row's keep their owners */
+    u32 epoch;                /* the flow_epoch it was looked up in */
     u8 column;                /* the peer's column, or NO_COLUMN */
-    u8 pad[3];
-    u64 checked_ns;           /* the flow table last asked */
+    u8 pad[7];
 };
 BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
 BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
@@ -82,13 +80,27 @@ BPF_PERCPU_ARRAY(peer_columns, struct traffic, MAX_CONTAINERS * 2 * PEER_COLUMNS
 BPF_HASH(peer_column_of, struct peer_key, u32, MAX_CONTAINERS * 2 * PEER_COLUMNS);
 BPF_ARRAY(peer_columns_taken, struct columns_taken, MAX_CONTAINERS * 2);
 BPF_PERCPU_HASH(peer_traffic, struct peer_key, struct traffic, PEER_TABLE_SIZE);
-BPF_PERCPU_HASH(drops, struct drop_key, u64, 16384);
+BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, 16384);
 BPF_PERCPU_ARRAY(snat, struct traffic, MAX_CONTAINERS);
 BPF_PERCPU_ARRAY(snat_translations, u64, MAX_CONTAINERS);
 BPF_PERCPU_HASH(dnat, struct dnat_key, struct traffic, 16384);
 BPF_PERCPU_HASH(dnat_translations, struct dnat_key, u64, 16384);
 BPF_PERCPU_ARRAY(flows_opened, u64, MAX_CONTAINERS);
 BPF_ARRAY(slot_generation, u32, MAX_CONTAINERS);   /* bumped each time a slot changes owner */
+/* What a row's cached flow is trusted for: the daemon advances the epoch
+ * every FLOW_TOUCH_NS, and whenever a slot changes owner
+ * (tracer/daemon/bpf_maps.py advance_flow_epoch).  A packet of its row's
+ * flow then reads one shared word, not the clock and both generations; the
+ * first packet of each row in a new epoch asks the flow table, which
+ * checks the generations and refreshes the flow's last_ns. */
+BPF_ARRAY(flow_epoch, u32, 1);
+
+static __always_inline u32 current_epoch(void)
+{
+    u32 zero = 0;
+    u32 *epoch = flow_epoch.lookup(&zero);
+    return epoch ? *epoch : 0;
+}
 BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE);
 
 /* Host veth ifindex -> slot + 1 (0: not a container's): an array, whose
@@ -138,16 +150,6 @@ static __always_inline void bump_dnat(struct dnat_key *key, u32 packets, u32 byt
     if (!is_new)
         return;
     u64 *count = dnat_translations.lookup_or_try_init(key, &none);
-    if (count)
-        *count += 1;
-    else
-        count_stat(STAT_COUNTER_UPDATE_FAILED);
-}
-
-static __always_inline void bump_drop(struct drop_key *key)
-{
-    u64 none = 0;
-    u64 *count = drops.lookup_or_try_init(key, &none);
     if (count)
         *count += 1;
     else
@@ -226,7 +228,9 @@ static __always_inline void count_nat(u64 ct, u32 info, u64 status, u8 family, u
  * socket buffer in b is b's drop), else to the container named by its
  * addresses or, after SNAT, by its conntrack original source.  The daemon
  * also gets an event: at most one per container and reason a second, so a
- * drop storm costs user space nothing. */
+ * drop storm costs user space nothing.  A drop storm costs the CPU that
+ * drops too: per drop, one per-CPU entry and the flow epoch; the clock and
+ * the shared drop_last_event only once an epoch per CPU. */
 #define DROP_EVENT_INTERVAL_NS 1000000000ULL
 #define DROP_COUNTED 0       /* counted, no event due */
 #define DROP_EMIT 1          /* counted, and an event is due */
@@ -236,7 +240,17 @@ BPF_HASH(drop_last_event, struct drop_key, u64, 16384);
 static __always_inline int count_drop(u32 slot, u32 reason)
 {
     struct drop_key key = {.slot = slot, .reason = reason};
-    bump_drop(&key);
+    struct drop_count none = {};
+    struct drop_count *count = drops.lookup_or_try_init(&key, &none);
+    u32 epoch = current_epoch();
+    if (count) {
+        count->count += 1;
+        if (count->epoch == epoch)
+            return DROP_COUNTED;   /* this CPU asked in this epoch */
+        count->epoch = epoch;
+    } else {
+        count_stat(STAT_COUNTER_UPDATE_FAILED);
+    }
     u64 now = bpf_ktime_get_ns();   /* kfree_skb: tracing programs have no coarse clock */
     u64 *last = drop_last_event.lookup(&key);
     if (last && now - *last < DROP_EVENT_INTERVAL_NS)
@@ -246,16 +260,16 @@ static __always_inline int count_drop(u32 slot, u32 reason)
 }
 
 /* Before any header is parsed: an IP packet on a container's interface. */
-static __always_inline int count_drop_on_device(struct cntrace_event *e, u64 skb, u64 dev)
+static __always_inline int count_drop_on_device(u64 skb, u64 dev, u32 reason)
 {
     u16 protocol = 0;
     READ_KERNEL(protocol, skb, OFF_SKB_PROTOCOL);
     if (protocol != ETH_P_IP_BE && protocol != ETH_P_IPV6_BE)
         return DROP_COUNTED;   /* not IP: not counted */
-    read_device(dev, &e->ifindex, &e->netns, 0);
-    struct iface_key ikey = {.netns = e->netns, .ifindex = e->ifindex};
+    struct iface_key ikey = {};
+    read_device(dev, &ikey.ifindex, &ikey.netns, 0);
     u32 *slot = container_ifaces.lookup(&ikey);
-    return slot ? count_drop(*slot, e->drop_reason) : DROP_UNATTRIBUTED;
+    return slot ? count_drop(*slot, reason) : DROP_UNATTRIBUTED;
 }
 
 /* After the headers are parsed; returns 1 when an event is due. */
@@ -330,7 +344,9 @@ struct peer_ref {
  * "active" has a granularity of seconds anyway, so the clock is the coarse
  * one (tracer/kernel/wire.py flow_clock_ns): ~25 ns a packet cheaper than
  * bpf_ktime_get_ns. */
+#ifndef FLOW_TOUCH_NS   /* tracer/kernel/loader.py FLOW_EPOCH_SECONDS */
 #define FLOW_TOUCH_NS 1000000000ULL
+#endif
 
 static __always_inline void lookup_flow(struct flow_key *key, int rx, u64 now,
                                         struct peer_ref *ref)
@@ -373,13 +389,6 @@ static __always_inline void lookup_flow(struct flow_key *key, int rx, u64 now,
     }
     ref->peer = fresh.peer;
     ref->column = fresh.column[rx & 1];
-}
-
-static __always_inline int row_fresh(struct container_row *row, u32 slot, u64 now)
-{
-    return now - row->checked_ns < FLOW_TOUCH_NS &&
-           row->peer_generation == generation_of(row->peer) &&
-           row->owner_generation == generation_of(slot);
 }
 
 static __always_inline int same_flow(struct flow_key *a, struct flow_key *b)
@@ -482,17 +491,18 @@ static __always_inline void raw_tuple(struct __sk_buff *skb, u32 owner, u32 *raw
 }
 
 /* The packet's peer and column: from its row when the packet is of the
- * row's last flow (a steady IPv4 stream builds no flow key), else from the
- * flow table, which the row then caches.  Returns 0 for a packet whose
+ * row's last flow in this flow epoch (a steady IPv4 stream builds no flow
+ * key and reads no clock), else from the flow table, which the row then
+ * caches.  Returns 0 for a packet whose
  * headers cannot be read. */
 static __always_inline int account_flow(struct __sk_buff *skb, struct container_row *row,
                                         u32 slot, int rx, struct peer_ref *ref)
 {
     u32 raw[4] = {};
     raw_tuple(skb, slot, raw);
-    u64 now = bpf_ktime_get_coarse_ns();
+    u32 epoch = current_epoch();
     if (raw[3] && !((row->raw[0] ^ raw[0]) | (row->raw[1] ^ raw[1]) | (row->raw[2] ^ raw[2]) |
-                    (row->raw[3] ^ raw[3])) && row_fresh(row, slot, now))
+                    (row->raw[3] ^ raw[3]) | (row->epoch ^ epoch)))
         goto cached;
     struct flow_key key = {.owner = slot};
     if (!packet_flow_key(skb, &key, rx))
@@ -501,16 +511,14 @@ static __always_inline int account_flow(struct __sk_buff *skb, struct container_
     struct flow_key *cached_key = flow_cache_keys.lookup(&index);
     if (!cached_key)
         return 0;
-    if (!raw[3] && !row->raw[3] && row_fresh(row, slot, now) && same_flow(cached_key, &key))
+    if (!raw[3] && !row->raw[3] && row->epoch == epoch && same_flow(cached_key, &key))
         goto cached;
-    lookup_flow(&key, rx, now, ref);
+    lookup_flow(&key, rx, bpf_ktime_get_coarse_ns(), ref);
     __builtin_memcpy(row->raw, raw, sizeof(row->raw));
     *cached_key = key;
     row->peer = ref->peer;
-    row->peer_generation = generation_of(ref->peer);
-    row->owner_generation = generation_of(slot);
     row->column = ref->column;
-    row->checked_ns = now;
+    row->epoch = epoch;
     return 1;
 cached:
     ref->peer = row->peer;

@@ -121,6 +121,12 @@ struct drop_key {
     u32 reason;
 };
 
+struct drop_count {
+    u64 count;
+    u32 epoch;            /* the flow_epoch in which this CPU last asked for an event */
+    u32 pad;
+};
+
 struct dnat_key {
     u32 slot;
     u16 port;             /* the published (original destination) port */

@@ -11,7 +11,7 @@ int cntrace_dev_xmit(struct bpf_raw_tracepoint_args *ctx)
     u64 dev = ctx->args[1];
     e.kind = EVENT_PACKET;
     e.hook = HOOK_XMIT;
-    return emit_skb_event(ctx, &e, ctx->args[0], dev, 0, 0);
+    return emit_skb_event(ctx, &e, ctx->args[0], dev, 0, 0, 0);
 }
 
 /* TP_PROTO(struct sk_buff *skb) */
@@ -23,5 +23,5 @@ int cntrace_dev_receive(struct bpf_raw_tracepoint_args *ctx)
     e.kind = EVENT_PACKET;
     e.hook = HOOK_RECV;
     READ_KERNEL(dev, skb, OFF_SKB_DEV);
-    return emit_skb_event(ctx, &e, skb, dev, 1, 0);
+    return emit_skb_event(ctx, &e, skb, dev, 1, 0, 0);
 }

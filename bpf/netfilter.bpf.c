@@ -49,7 +49,7 @@ static __always_inline int on_netfilter_hook(void *ctx, u64 skb, u64 state, u8 h
     struct cntrace_event e = {};
     e.kind = EVENT_PACKET;
     e.hook = nf_hook_to_event_hook(hook);
-    return emit_skb_event(ctx, &e, skb, 0, 0, state);   /* devices read only if it passes */
+    return emit_skb_event(ctx, &e, skb, 0, 0, state, 0);   /* devices read only if it passes */
 #endif
 }
 

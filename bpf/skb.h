@@ -330,22 +330,15 @@ static __always_inline void read_nf_devices(struct cntrace_event *e, u64 state)
 
 /* Fill the packet part of an event from the skb, filter, and emit.  The
  * device (`dev`, or a netfilter hook's `nf_state`; 0 when the caller filled
- * the fields) is read only for packets that pass the header checks. */
+ * the fields) is read only for packets that pass the header checks.
+ * by_address: the daemon's drop that its device did not attribute
+ * (bpf/drops.bpf.c): counted by its addresses, and emitted only when due. */
 static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u64 skb,
-                                          u64 dev, int l3_from_data, u64 nf_state)
+                                          u64 dev, int l3_from_data, u64 nf_state,
+                                          int by_address)
 {
     u16 protocol = 0;
     u32 len = 0;
-#ifdef COUNT_METRICS
-    /* The daemon counts every IP drop; a drop on a container's interface is
-     * counted before any header is read, and most of them end there. */
-    int drop = DROP_UNATTRIBUTED;
-    if (e->hook == HOOK_DROP) {
-        drop = count_drop_on_device(e, skb, dev);
-        if (drop == DROP_COUNTED)
-            return 0;
-    }
-#endif
     u64 l3 = locate_l3(skb, l3_from_data, &protocol);
     struct filter_config *cfg = active_filter();
 
@@ -358,7 +351,7 @@ static __always_inline int emit_skb_event(void *ctx, struct cntrace_event *e, u6
     if (parse_ip(e, l3, protocol))
         return 0;
 #ifdef COUNT_METRICS
-    if (drop == DROP_UNATTRIBUTED && !count_drop_by_address(e, skb))
+    if (by_address && !count_drop_by_address(e, skb))
         return 0;
 #endif
     if (cfg && !header_match(cfg, e))

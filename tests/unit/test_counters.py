@@ -71,8 +71,9 @@ class FakeTracer:
             "peer_columns": PerCpu(wire.Traffic), "peer_column_of": Plain(ctypes.c_uint32),
             "peer_columns_taken": Plain(ctypes.c_uint32),
             "snat_translations": PerCpu(ctypes.c_uint64), "flows_opened": PerCpu(ctypes.c_uint64),
-            "slot_generation": Plain(ctypes.c_uint32), "peer_traffic": PerCpu(wire.Traffic),
-            "drops": PerCpu(ctypes.c_uint64), "dnat": PerCpu(wire.Traffic),
+            "slot_generation": Plain(ctypes.c_uint32), "flow_epoch": Plain(ctypes.c_uint32),
+            "peer_traffic": PerCpu(wire.Traffic),
+            "drops": PerCpu(wire.DropCount), "dnat": PerCpu(wire.Traffic),
             "dnat_translations": PerCpu(ctypes.c_uint64),
             "drop_last_event": Plain(ctypes.c_uint64), "stats": PerCpu(ctypes.c_uint64),
             "container_ifaces": Plain(ctypes.c_uint32), "container_addrs": Plain(ctypes.c_uint32),
@@ -80,6 +81,7 @@ class FakeTracer:
             "veth_slots_beyond": Plain(ctypes.c_uint32), "exit_header_len": Plain(ctypes.c_uint32),
         }
         self.maps["slot_generation"][ctypes.c_int(2)] = ctypes.c_uint32(0)
+        self.maps["flow_epoch"][ctypes.c_int(0)] = ctypes.c_uint32(0)
 
     def __getitem__(self, name):
         return self.maps[name]
@@ -116,7 +118,7 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     tracer["peer_traffic"][wire.PeerKey(2, 5, wire.DIR_TX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["peer_traffic"][wire.PeerKey(5, 2, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["peer_traffic"][wire.PeerKey(5, 7, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
-    tracer["drops"][wire.DropKey(2, 12)] = [ctypes.c_uint64(1)] * NCPU
+    tracer["drops"][wire.DropKey(2, 12)] = [wire.DropCount(count=1)] * NCPU
     tracer["container_rows"][ctypes.c_int(4)] = per_cpu((9, 9), (9, 9), (9, 9))
     counters = BpfCounters(tracer)
     counters.clear_slot(2)
@@ -125,6 +127,7 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     assert counters.drops() == []
     assert counters.traffic(2, wire.DIR_TX) == (0, 0)
     assert tracer["slot_generation"][ctypes.c_int(2)].value == 1   # cached peers re-resolve
+    assert tracer["flow_epoch"][ctypes.c_int(0)].value == 1   # rows ask the flow table again
 
 
 def column(slot: int, direction: int, number: int) -> ctypes.c_int:

@@ -43,6 +43,7 @@ def c_struct_fields(name: str) -> list[tuple[str, object]]:
         ("traffic", wire.Traffic),
         ("peer_key", wire.PeerKey),
         ("drop_key", wire.DropKey),
+        ("drop_count", wire.DropCount),
         ("dnat_key", wire.DnatKey),
         ("flow_key", wire.FlowKey),
         ("flow_value", wire.FlowValue),
@@ -59,7 +60,8 @@ def test_mirror_matches_header(c_name, mirror):
 
 MIRRORS = {"cntrace_event": wire.RawEvent, "filter_config": wire.FilterConfig,
            "addr_key": wire.AddrKey, "iface_key": wire.IfaceKey, "traffic": wire.Traffic,
-           "peer_key": wire.PeerKey, "drop_key": wire.DropKey, "dnat_key": wire.DnatKey,
+           "peer_key": wire.PeerKey, "drop_key": wire.DropKey, "drop_count": wire.DropCount,
+           "dnat_key": wire.DnatKey,
            "flow_key": wire.FlowKey, "flow_value": wire.FlowValue}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from collections.abc import Iterator
 
 from tracer.kernel import loader, tclink, wire
@@ -33,6 +34,7 @@ class BpfCounters:
 
     def __init__(self, tracer) -> None:
         self._t = tracer
+        self._epoch_lock = threading.Lock()
 
     def attach_veth(self, ifindex: int, slot: int) -> str:
         """Attach the counting programs to a container's host-side veth (tcx
@@ -113,6 +115,7 @@ class BpfCounters:
         # peer, look it up again.
         generation = self._t["slot_generation"]
         generation[ctypes.c_int(slot)] = ctypes.c_uint32(generation[ctypes.c_int(slot)].value + 1)
+        self.advance_flow_epoch()
         # The slot's own columns are free again; its column in another's row
         # is kept, zeroed, for the slot's next owner.
         columns = self._t["peer_column_of"]
@@ -126,6 +129,14 @@ class BpfCounters:
             for key in list(table.keys()):
                 if key.slot == slot or (name == "peer_traffic" and key.peer == slot):
                     self._delete(name, key)
+
+    def advance_flow_epoch(self) -> None:
+        """A new flow epoch (bpf/accounting.h flow_epoch): every row asks the
+        flow table again at its next packet.  The daemon calls this every
+        loader.FLOW_EPOCH_SECONDS, and after each change of a slot's owner."""
+        with self._epoch_lock:   # the ticker and a reconcile: neither advance lost
+            epoch = self._t["flow_epoch"]
+            epoch[ctypes.c_int(0)] = ctypes.c_uint32(epoch[ctypes.c_int(0)].value + 1)
 
     def _delete(self, name: str, key) -> None:
         with contextlib.suppress(KeyError):   # already gone
@@ -162,7 +173,7 @@ class BpfCounters:
                 for key, (packets, nbytes) in sums.items() if packets]
 
     def drops(self) -> list[tuple[wire.DropKey, int]]:
-        return [(k, _sum_count(v)) for k, v in self._t["drops"].items()]
+        return [(k, sum(cpu.count for cpu in v)) for k, v in self._t["drops"].items()]
 
     def dnat(self) -> list[tuple[wire.DnatKey, int, int, int]]:
         translations = {(k.slot, k.port, k.proto): _sum_count(v)

@@ -130,6 +130,8 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         else:
             log.warning("degraded: %s not attached: %s", hook.name, hook.detail)
     counters = BpfCounters(tracer)
+    threading.Thread(target=_advance_flow_epochs, args=(counters, stop), name="flow-epoch",
+                     daemon=True).start()
     collectors = config.collectors
     registry = ContainerSlots(
         counters, lambda: docker_engine.discover(docker_engine.docker_client()),
@@ -207,6 +209,13 @@ def _main_loop(config, web_config, host, port, tracer, stop) -> int:
         sampler.stop()
         server.stop()   # tracer.close() detaches the veth programs
     return 0
+
+
+def _advance_flow_epochs(counters: BpfCounters, stop: threading.Event) -> None:
+    """A thread of its own: a reconcile waiting on Docker must not hold back
+    the refresh of steady flows (bpf/accounting.h flow_epoch)."""
+    while not stop.wait(loader.FLOW_EPOCH_SECONDS):
+        counters.advance_flow_epoch()
 
 
 def _log_new_drops(events, registry: ContainerSlots, reasons: dict[int, str],

@@ -73,6 +73,9 @@ DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 PRIORITY_SLOTS = 16          # concurrent cntrace instances per netfilter hook
 MAX_CONTAINERS = 4096      # counter slots (bpf/accounting.h)
 PEER_COLUMNS = 4           # peers a container and direction count in an array (bpf/accounting.h)
+# How often the daemon advances bpf/accounting.h's flow_epoch, and so how
+# often a steady flow's last_ns is refreshed (FLOW_TOUCH_NS there).
+FLOW_EPOCH_SECONDS = 1
 VETH_ARRAY_SIZE = 65536    # host veth ifindexes looked up in an array (bpf/accounting.h)
 # The daemon's collectors whose per-packet work is compiled in or out of its
 # veth programs (bpf/accounting.h count_tc); "drops" is the kfree_skb program.
@@ -284,6 +287,7 @@ def compile_programs(
         cflags += ["-DCOUNT_METRICS", f"-DFLOW_TABLE_SIZE={flow_table_size}",
                    f"-DMAX_CONTAINERS={MAX_CONTAINERS}", f"-DVETH_ARRAY_SIZE={VETH_ARRAY_SIZE}",
                    f"-DPEER_COLUMNS={PEER_COLUMNS}",
+                   f"-DFLOW_TOUCH_NS={FLOW_EPOCH_SECONDS * 1_000_000_000}",
                    *(flag for name, flag in COLLECT_CFLAGS.items() if name in collectors)]
         if not nat_in_tc:
             cflags.append("-DNAT_IN_NETFILTER")

@@ -139,6 +139,12 @@ class DropKey(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("reason", ctypes.c_uint32)]
 
 
+class DropCount(ctypes.Structure):
+    """struct drop_count (per CPU; epoch is the kernel's own)"""
+
+    _fields_ = [("count", ctypes.c_uint64), ("epoch", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
 class DnatKey(ctypes.Structure):
     """struct dnat_key"""
 
