@@ -212,6 +212,44 @@ def assert_exact_counts(daemon, testbed) -> None:
     assert get(delta, "cntrace_container_flows_opened_total", container=a.name) == 1
 
 
+def active_flows(daemon, container: str) -> float:
+    return get(daemon.scrape(), "cntrace_container_flows_active", container=container)
+
+
+@pytest.mark.kernel
+def test_a_steady_flow_stays_active_and_goes_idle_once_it_stops(testbed):
+    """A steady stream's packets are counted from its container's row, not
+    the flow table; the row asks the table again each flow epoch
+    (bpf/accounting.h flow_epoch, which the daemon advances), and that
+    keeps the flow's last packet time fresh.  A stream three times longer
+    than the idle time stays active to its end, and goes idle after it."""
+    idle = 2.0
+    d = Daemon("--flow-idle-seconds", str(idle), "--sample-seconds", "0.5")
+    try:
+        d.wait_ready()
+        a, b = testbed.containers["a"], testbed.containers["b"]
+        check_route(b.ip, [b.bridge])
+        sink = open_socket(f"/proc/{b.pid}/ns/net", socket.AF_INET, socket.SOCK_DGRAM)
+        source = open_socket(f"/proc/{a.pid}/ns/net", socket.AF_INET, socket.SOCK_DGRAM)
+        with sink, source:
+            sink.bind((b.ip, 9998))
+            start = time.monotonic()
+            late = []   # samples after the first packet's time has long gone idle
+            while time.monotonic() - start < 3 * idle:
+                source.sendto(b"x", (b.ip, 9998))   # one source port: one flow
+                time.sleep(0.05)
+                if time.monotonic() - start > 1.5 * idle:
+                    late.append(active_flows(d, a.name))
+            assert late and min(late) >= 1, late
+            deadline = time.monotonic() + scaled(idle + 10)
+            while active_flows(d, a.name) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            assert active_flows(d, a.name) == 0
+    finally:
+        code, err = d.stop()
+        assert code == 0, err
+
+
 def test_classic_tc_counts_exactly_and_spares_other_tc_users(testbed, docker_client):
     """The counting path of kernels without tcx (Debian 12's 6.1), here with
     tcx turned off: exact counts, and another tool's clsact qdisc and filter
