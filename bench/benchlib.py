@@ -180,9 +180,14 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=int, default=3, help="length of each iperf3 run")
     parser.add_argument("--rounds", type=int, default=3,
                         help="program-cost: rounds over its modes, each mode once a round")
+    parser.add_argument("--flood-seconds", type=float, default=30,
+                        help="program-swap: length of each flood")
+    parser.add_argument("--window", type=float, default=0.1,
+                        help="program-swap: seconds between swaps")
     parser.add_argument("--mode", action="append", metavar="TEXT",
-                        help="overhead and program-cost: only the modes whose name contains "
-                             "TEXT (repeatable; program-cost keeps its floor)")
+                        help="overhead, program-cost and program-swap: only the modes whose "
+                             "name contains TEXT (repeatable; program-cost keeps its floor, "
+                             "program-swap its empty-for-empty row)")
     parser.add_argument("--compare-checkout", metavar="DIR", action="append",
                         help="overhead and program-cost: also the daemon of another checkout "
                              "(a git worktree of an earlier commit), for before/after in one "

@@ -10,6 +10,8 @@ Prints the tables that BENCHMARKS.md records; about 20 minutes with
   and the floor, against tcpdump and conntrack -E;
 - program-cost: each BPF program's runs per packet and time per run, and the
   share of the sending CPU the tool's programs take (steadier than the rate);
+- program-swap: the rate with the daemon's programs over the rate with empty
+  ones, swapped in place every tenth of a second within one flood;
 - trace-ping: wall times, and its steady-state cost to other traffic;
 - stream: the event stream's capacity and loss curve;
 - scale: scrape latency and RSS as containers and flows grow.
@@ -26,12 +28,14 @@ import sys
 
 import overhead
 import program_cost
+import program_swap
 import scale
 import stream
 import trace_ping
 from benchlib import arguments, testbed
 
 SECTIONS = {"overhead": overhead.run, "program-cost": program_cost.run,
+            "program-swap": program_swap.run,
             "trace-ping": trace_ping.run, "stream": stream.run, "scale": scale.run}
 
 

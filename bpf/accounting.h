@@ -62,7 +62,9 @@ struct container_row {
     u32 peer;
     u32 epoch;                /* the flow_epoch it was looked up in */
     u8 column;                /* the peer's column, or NO_COLUMN */
-    u8 pad[7];
+    u8 nat;                   /* the NAT status bits of... */
+    u8 pad[6];
+    u64 ct;                   /* ...this conntrack entry of the flow (0: none yet) */
 };
 BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
 BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
@@ -173,8 +175,14 @@ static __always_inline u32 skb_segments(u64 skb)
  * NAT in `wanted`: each place that counts takes the NAT that is final there,
  * so a packet is counted once.  Returns the NAT status bits found (0: none
  * to count, after two kernel reads), with the entry and its ctinfo.
- * skb: the sk_buff (a tc program's ctx is one). */
-static __always_inline u64 nat_of(u64 skb, u32 wanted, u64 *ct, u32 *info)
+ * skb: the sk_buff (a tc program's ctx is one).  row: a container row whose
+ * flow this packet is of (0: none), which keeps the last entry's bits: a
+ * live entry's NAT is set by its first packet and does not change, so the
+ * next packets of the flow in that entry cost one kernel read.  (Only an
+ * entry deleted and another for the same flow allocated at its address
+ * within one flow epoch, a second, would be taken for the first.) */
+static __always_inline u64 nat_of(u64 skb, u32 wanted, u64 *ct, u32 *info,
+                                  struct container_row *row)
 {
     u64 status = 0;
 #ifdef OFF_SKB_NFCT
@@ -184,7 +192,13 @@ static __always_inline u64 nat_of(u64 skb, u32 wanted, u64 *ct, u32 *info)
     *info = nfct & 7;
     if (!*ct || *info >= IP_CT_IS_REPLY)
         return 0;
+    if (row && row->ct == *ct)
+        return row->nat & wanted;
     READ_KERNEL(status, *ct, OFF_CT_STATUS);
+    if (row) {
+        row->ct = *ct;
+        row->nat = status & (IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT);
+    }
 #endif
     return status & wanted;
 }
@@ -519,6 +533,7 @@ static __always_inline int account_flow(struct __sk_buff *skb, struct container_
     row->peer = ref->peer;
     row->column = ref->column;
     row->epoch = epoch;
+    row->ct = 0;   /* nat_of: another flow, or a new epoch, reads the entry's NAT again */
     return 1;
 cached:
     ref->peer = row->peer;
@@ -590,7 +605,13 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
      * from another container. */
     u64 ct = 0;
     u32 info = 0;
-    u64 status = rx ? nat_of((u64)skb, IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT, &ct, &info) : 0;
+#if defined(COLLECT_PEERS) || defined(COLLECT_FLOWS)
+    struct container_row *flow_row = row;   /* account_flow keeps the row's flow */
+#else
+    struct container_row *flow_row = 0;
+#endif
+    u64 status = rx ? nat_of((u64)skb, IPS_SRC_NAT_BIT | IPS_DST_NAT_BIT, &ct, &info, flow_row)
+                    : 0;
     if (status)
         count_nat(ct, info, status, family, packets, bytes);
 #endif
@@ -608,7 +629,7 @@ static __always_inline void count_leaving_host(struct __sk_buff *skb)
         return;
     u64 ct = 0;
     u32 info = 0;
-    u64 status = nat_of((u64)skb, IPS_SRC_NAT_BIT, &ct, &info);
+    u64 status = nat_of((u64)skb, IPS_SRC_NAT_BIT, &ct, &info, 0);
     if (!status)
         return;
     u32 ifindex = skb->ifindex;
@@ -628,7 +649,7 @@ static __always_inline int count_nat_at_hook(u64 skb, u8 hook)
     u64 ct = 0;
     u32 info = 0;
     u64 status = nat_of(skb, hook == HOOK_NF_POST ? IPS_SRC_NAT_BIT : IPS_DST_NAT_BIT, &ct,
-                        &info);
+                        &info, 0);
     if (!status)
         return 0;
     u16 protocol = 0;

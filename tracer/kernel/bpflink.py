@@ -1,7 +1,8 @@
 """bpf(2) calls bcc 0.26 cannot make: links to netfilter hooks (BPF_NETFILTER,
 kernel >= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6)
 through BPF_LINK_CREATE, and the two-instruction programs tracer/kernel/features.py
-loads to probe what the kernel offers before anything is compiled.  Closing a
+loads to probe what the kernel offers before anything is compiled; and, for
+bench/program_swap.py, a tcx link's program swapped in place.  Closing a
 link's fd detaches it; nothing is pinned, so even a killed process leaves
 nothing behind.
 """
@@ -15,8 +16,13 @@ import platform
 import struct
 
 BPF_PROG_LOAD = 5
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_TYPE_TCX = 11
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_TRACING = 26
@@ -133,3 +139,29 @@ def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
     """A tcx link on a device (appended after other tcx programs); its fd."""
     # link_create: prog_fd, target_ifindex, attach_type, flags; tcx options zero.
     return _link_create(struct.pack("=IIII", prog_fd, ifindex, attach_type, 0))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("=I", prog_id))
+
+
+def link_fd_by_id(link_id: int) -> int:
+    return _bpf(BPF_LINK_GET_FD_BY_ID, struct.pack("=I", link_id))
+
+
+def tcx_link_info(link_fd: int) -> tuple[int, int, int] | None:
+    """(program id, ifindex, attach type) of a tcx link; None for another kind."""
+    info = ctypes.create_string_buffer(64)
+    # obj_get_info_by_fd: bpf_fd, info_len, info.  struct bpf_link_info:
+    # type, id, prog_id, then the tcx member {ifindex, attach_type} at 16.
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", link_fd, len(info), ctypes.addressof(info)))
+    link_type, _, prog_id = struct.unpack_from("=III", info.raw)
+    if link_type != BPF_LINK_TYPE_TCX:
+        return None
+    ifindex, attach_type = struct.unpack_from("=II", info.raw, 16)
+    return prog_id, ifindex, attach_type
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """The link runs prog_fd from now on, in the place of its program."""
+    _bpf(BPF_LINK_UPDATE, struct.pack("=IIII", link_fd, prog_fd, 0, 0))

@@ -1,0 +1,138 @@
+"""What the daemon's programs cost a flood, to a fraction of a percent.
+
+During one flood a -> b (UDP 64-byte datagrams, or TCP), the daemon's tcx
+links swap between its own programs and empty ones every --window seconds,
+the same bpf(2) call each way (BPF_LINK_UPDATE), and what crossed the host
+into b in each window is counted at b's host veth (packets for UDP, bytes
+for TCP).  A window with the daemon's programs is compared with the windows
+around it, which see the machine at the same speed: this VM's rate swings
+by 10% from one 3-second run to the next (bench/overhead.py), far less from
+one tenth of a second to the next.  Each flood gives one ratio (the mean
+rate of its windows with the daemon's programs over that of its windows
+with empty ones); the table gives their spread over --reps floods.
+
+The ratio is to the floor (empty programs on the same links), whose own
+cost bench/overhead.py measures.  The first row swaps empty programs for
+empty ones: what the method reads when there is nothing to find.  The
+daemon's user space runs in both kinds of window, and is not measured
+here; nor is the classic tc path (tcx only).
+
+    /opt/cntrace/venv/bin/python bench/program_swap.py [--reps N] [--flood-seconds S] [--window W]
+
+Traffic stays between the testbed's own containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchlib import IPERF_CLIENT_CPU, Daemon, host_veth, iperf_server, pinned, spread, standalone
+from overhead import EMPTY_PROGRAMS
+
+from tracer.kernel import bpflink
+
+AA = "empty programs swapped for empty ones (the method's own reading)"
+
+
+def daemon_links(pid: int) -> list[tuple[int, int]]:
+    """(link fd, program fd) of each tcx link the process holds open (its
+    fdinfo names their ids)."""
+    handles = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):   # closed meanwhile
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if "link_id" not in fields:
+                continue
+            link = bpflink.link_fd_by_id(int(fields["link_id"]))
+            info = bpflink.tcx_link_info(link)
+            if info is None:
+                os.close(link)
+                continue
+            handles.append((link, bpflink.prog_fd_by_id(info[0])))
+    if not handles:
+        raise RuntimeError(f"process {pid} holds no tcx link")
+    return handles
+
+
+@contextlib.contextmanager
+def empty_program() -> Iterator[int]:
+    from bcc import BPF
+
+    bpf = BPF(text=EMPTY_PROGRAMS)
+    try:
+        yield bpf.load_func("empty_tc", BPF.SCHED_CLS).fd
+    finally:
+        bpf.cleanup()
+
+
+def flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
+    """One flood with swap(True/False) every window; the ratio of the mean
+    rates of its two kinds of window."""
+    counter = Path(f"/sys/class/net/{host_veth(b.pid)}/statistics/"
+                   + ("tx_packets" if udp else "tx_bytes"))
+    args = ["-u", "-b", "0", "-l", "64"] if udp else []
+    client = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
+        "nsenter", "-t", str(a.pid), "-n", "iperf3", "-c", b.ip, "-t", str(int(seconds) + 3),
+        *args]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    on = True
+    try:
+        time.sleep(1.5)   # iperf3's connection set up, the flood under way
+        swap(on)
+        count, start = int(counter.read_text()), time.monotonic()
+        end = start + seconds
+        while start < end:
+            time.sleep(window)
+            count_now, now = int(counter.read_text()), time.monotonic()
+            rates[on].append((count_now - count) / (now - start))
+            on = not on
+            swap(on)
+            count, start = int(counter.read_text()), time.monotonic()
+    finally:
+        swap(True)
+        client.wait()
+    return statistics.mean(rates[True]) / statistics.mean(rates[False])
+
+
+def run(info, args) -> list[str]:
+    a, b = info.containers["a"], info.containers["b"]
+    modes = {AA: (), "cntrace daemon": (),
+             "`--no-collector.nat`": ("--no-collector.nat",),
+             "traffic only: `--no-collector.{peers,flows,nat}`":
+                 ("--no-collector.peers", "--no-collector.flows", "--no-collector.nat")}
+    lines = [f"| swapped in (ratio to empty programs; n={args.reps} floods of "
+             f"{args.flood_seconds:g} s, windows of {args.window:g} s) | UDP 64B packets/s | "
+             "TCP throughput |", "|---|---|---|"]
+    with iperf_server(b.pid), empty_program() as empty:
+        for name, flags in modes.items():
+            if args.mode and name != AA and not any(text in name for text in args.mode):
+                continue
+            with Daemon(*flags) as daemon:
+                handles = daemon_links(daemon.proc.pid)
+
+                def swap(on: bool, name=name, handles=handles) -> None:
+                    for link, program in handles:
+                        bpflink.link_update(link, program if on and name != AA else empty)
+
+                try:
+                    ratios = {udp: [flood(a, b, udp, args.flood_seconds, args.window, swap)
+                                    for _ in range(args.reps)] for udp in (True, False)}
+                finally:
+                    for fds in handles:
+                        for fd in fds:
+                            os.close(fd)
+            lines.append(f"| {name} | {spread(ratios[True])} | {spread(ratios[False])} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(standalone(run, __doc__))
