@@ -100,7 +100,8 @@ def host_veth(pid: int) -> str:
     return socket.if_indextoname(json.loads(out)[0]["link_index"])
 
 
-def _sent_into(ifname: str) -> int:
+def sent_into(ifname: str) -> int:
+    """Packets the host has sent out of this interface (its tx_packets)."""
     return int(Path(f"/sys/class/net/{ifname}/statistics/tx_packets").read_text())
 
 
@@ -117,12 +118,12 @@ def iperf(client, server, udp: bool, seconds: int = 3) -> float:
     into = host_veth(server.pid)
     for attempt in range(STEAL_RETRIES + 3):
         total, steal = _cpu_times()
-        sent = _sent_into(into)
+        sent = sent_into(into)
         out = subprocess.run(pinned(IPERF_CLIENT_CPU, ["nsenter", "-t", str(client.pid), "-n",
                                                        "iperf3", "-c", server.ip, "-t",
                                                        str(seconds), "-J", *args]),
                              capture_output=True, text=True, timeout=seconds + 30)
-        sent = _sent_into(into) - sent
+        sent = sent_into(into) - sent
         end = json.loads(out.stdout or "{}").get("end", {})
         if "sum" not in end and "sum_received" not in end:
             time.sleep(1)

@@ -41,6 +41,7 @@ from benchlib import (
     iperf,
     iperf_server,
     running,
+    sent_into,
     spread,
     standalone,
 )
@@ -75,11 +76,14 @@ def measure(a, b, seconds: int) -> tuple[list[tuple[str, float, float]], tuple[i
     """Over one iperf3 run: (program, runs per packet, mean ns per run) for
     each program on this traffic's path; and the time spent in all of them,
     their runs, and the sending CPU's busy time (ns, runs, ns)."""
+    into = host_veth(b.pid)
     with bpf_stats():
-        before, busy_before = programs(), busy_ns(IPERF_CLIENT_CPU)
-        rate = iperf(a, b, True, seconds)
+        # Over the same span as the programs' counts, whatever runs iperf
+        # took again: the packets that crossed into b.
+        before, busy_before, sent = programs(), busy_ns(IPERF_CLIENT_CPU), sent_into(into)
+        iperf(a, b, True, seconds)
         after, busy_after = programs(), busy_ns(IPERF_CLIENT_CPU)
-    packets = rate * seconds
+        packets = max(sent_into(into) - sent, 1)
     rows, spent_all, runs_all = [], 0, 0
     for pid, program in sorted(after.items(), key=lambda item: item[1]["name"]):
         runs = program.get("run_cnt", 0) - before.get(pid, {}).get("run_cnt", 0)
