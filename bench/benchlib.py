@@ -190,9 +190,9 @@ def arguments(doc: str) -> argparse.ArgumentParser:
                              "name contains TEXT (repeatable; program-cost keeps its floor, "
                              "program-swap its empty-for-empty row)")
     parser.add_argument("--compare-checkout", metavar="DIR", action="append",
-                        help="overhead and program-cost: also the daemon of another checkout "
-                             "(a git worktree of an earlier commit), for before/after in one "
-                             "run (repeatable)")
+                        help="overhead, program-cost and program-swap: also the daemon of "
+                             "another checkout (a git worktree of an earlier commit), for "
+                             "before/after in one run (repeatable)")
     return parser
 
 

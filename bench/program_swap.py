@@ -104,18 +104,20 @@ def flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
 
 def run(info, args) -> list[str]:
     a, b = info.containers["a"], info.containers["b"]
-    modes = {AA: (), "cntrace daemon": (),
-             "`--no-collector.nat`": ("--no-collector.nat",),
+    compared = {f"cntrace daemon of {checkout}": ((), checkout)
+                for checkout in args.compare_checkout or ()}
+    modes = {AA: ((), None), **compared, "cntrace daemon": ((), None),
+             "`--no-collector.nat`": (("--no-collector.nat",), None),
              "traffic only: `--no-collector.{peers,flows,nat}`":
-                 ("--no-collector.peers", "--no-collector.flows", "--no-collector.nat")}
+                 (("--no-collector.peers", "--no-collector.flows", "--no-collector.nat"), None)}
     lines = [f"| swapped in (ratio to empty programs; n={args.reps} floods of "
              f"{args.flood_seconds:g} s, windows of {args.window:g} s) | UDP 64B packets/s | "
              "TCP throughput |", "|---|---|---|"]
     with iperf_server(b.pid), empty_program() as empty:
-        for name, flags in modes.items():
+        for name, (flags, checkout) in modes.items():
             if args.mode and name != AA and not any(text in name for text in args.mode):
                 continue
-            with Daemon(*flags) as daemon:
+            with Daemon(*flags, cwd=checkout) as daemon:
                 handles = daemon_links(daemon.proc.pid)
 
                 def swap(on: bool, name=name, handles=handles) -> None:

@@ -45,6 +45,7 @@
 #define IPS_DST_NAT_BIT (1 << 5)
 #define IP_CT_NEW 2
 #define IP_CT_IS_REPLY 3
+#define NO_NAT_ENTRY 1   /* a row's ct for a flow with nothing for NAT to count: no entry's address */
 #define ETH_HLEN 14
 
 BPF_HASH(container_ifaces, struct iface_key, u32, MAX_CONTAINERS * 4);  /* drops */
@@ -64,7 +65,8 @@ struct container_row {
     u8 column;                /* the peer's column, or NO_COLUMN */
     u8 nat;                   /* the NAT status bits of... */
     u8 pad[6];
-    u64 ct;                   /* ...this conntrack entry of the flow (0: none yet) */
+    u64 ct;                   /* ...this conntrack entry of the flow (0: not read in this
+                                 flow and epoch; NO_NAT_ENTRY: nothing to count) */
 };
 BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
 BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
@@ -176,22 +178,31 @@ static __always_inline u32 skb_segments(u64 skb)
  * so a packet is counted once.  Returns the NAT status bits found (0: none
  * to count, after two kernel reads), with the entry and its ctinfo.
  * skb: the sk_buff (a tc program's ctx is one).  row: a container row whose
- * flow this packet is of (0: none), which keeps the last entry's bits: a
- * live entry's NAT is set by its first packet and does not change, so the
- * next packets of the flow in that entry cost one kernel read.  (Only an
- * entry deleted and another for the same flow allocated at its address
- * within one flow epoch, a second, would be taken for the first.) */
+ * flow this packet is of (0: none), which keeps its entry's bits for the
+ * flow epoch: a live entry's NAT is set by its first packet and does not
+ * change.  So the next packets of a flow without NAT (or untracked, or
+ * replies) read nothing, those of a flow with NAT one word (the entry and
+ * ctinfo they are counted by).
+ * (Only a flow whose entry is deleted and made again with other NAT within
+ * one flow epoch, a second, would be taken for the first.) */
 static __always_inline u64 nat_of(u64 skb, u32 wanted, u64 *ct, u32 *info,
                                   struct container_row *row)
 {
     u64 status = 0;
 #ifdef OFF_SKB_NFCT
+    if (row && row->ct && !row->nat)
+        return 0;
     u64 nfct = 0;
     READ_KERNEL(nfct, skb, OFF_SKB_NFCT);
     *ct = nfct & ~7ULL;   /* low bits: enum ip_conntrack_info */
     *info = nfct & 7;
-    if (!*ct || *info >= IP_CT_IS_REPLY)
+    if (!*ct || *info >= IP_CT_IS_REPLY) {
+        if (row) {   /* untracked, or replies: nothing to count all epoch */
+            row->ct = NO_NAT_ENTRY;
+            row->nat = 0;
+        }
         return 0;
+    }
     if (row && row->ct == *ct)
         return row->nat & wanted;
     READ_KERNEL(status, *ct, OFF_CT_STATUS);
