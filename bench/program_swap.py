@@ -107,6 +107,7 @@ def run(info, args) -> list[str]:
     compared = {f"cntrace daemon of {checkout}": ((), checkout)
                 for checkout in args.compare_checkout or ()}
     modes = {AA: ((), None), **compared, "cntrace daemon": ((), None),
+             "`--no-collector.peers`": (("--no-collector.peers",), None),
              "`--no-collector.nat`": (("--no-collector.nat",), None),
              "traffic only: `--no-collector.{peers,flows,nat}`":
                  (("--no-collector.peers", "--no-collector.flows", "--no-collector.nat"), None)}

@@ -216,14 +216,16 @@ def active_flows(daemon, container: str) -> float:
     return get(daemon.scrape(), "cntrace_container_flows_active", container=container)
 
 
-@pytest.mark.kernel
 def test_a_steady_flow_stays_active_and_goes_idle_once_it_stops(testbed):
     """A steady stream's packets are counted from its container's row, not
     the flow table; the row asks the table again each flow epoch
     (bpf/accounting.h flow_epoch, which the daemon advances), and that
-    keeps the flow's last packet time fresh.  A stream three times longer
-    than the idle time stays active to its end, and goes idle after it."""
-    idle = 2.0
+    keeps the flow's last packet time fresh, to within two epochs.  A stream
+    three times longer than the idle time stays active to its end, and goes
+    idle after it.  (Not in the kernel matrix: the daemon's clockwork, the
+    same on every kernel, and under emulation its scrapes space the packets
+    out by more than the idle time allows.)"""
+    idle = 4.0
     d = Daemon("--flow-idle-seconds", str(idle), "--sample-seconds", "0.5")
     try:
         d.wait_ready()
@@ -238,7 +240,7 @@ def test_a_steady_flow_stays_active_and_goes_idle_once_it_stops(testbed):
             while time.monotonic() - start < 3 * idle:
                 source.sendto(b"x", (b.ip, 9998))   # one source port: one flow
                 time.sleep(0.05)
-                if time.monotonic() - start > 1.5 * idle:
+                if time.monotonic() - start > 2 * idle:
                     late.append(active_flows(d, a.name))
             assert late and min(late) >= 1, late
             deadline = time.monotonic() + scaled(idle + 10)
