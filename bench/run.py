@@ -1,6 +1,6 @@
 """Every benchmark in one run, on one testbed.
 
-Prints the tables that BENCHMARKS.md records; about 20 minutes with
+Prints the tables that BENCHMARKS.md records; about 45 minutes with
 --reps 4.  `bash deploy/setup.sh bench [ARG...]` installs what it needs
 (iperf3, tcpdump) and runs it:
 
