@@ -100,9 +100,9 @@ def host_veth(pid: int) -> str:
     return socket.if_indextoname(json.loads(out)[0]["link_index"])
 
 
-def sent_into(ifname: str) -> int:
-    """Packets the host has sent out of this interface (its tx_packets)."""
-    return int(Path(f"/sys/class/net/{ifname}/statistics/tx_packets").read_text())
+def sent_into(ifname: str, counter: str = "tx_packets") -> int:
+    """Packets (or with tx_bytes, bytes) the host has sent out of this interface."""
+    return int(Path(f"/sys/class/net/{ifname}/statistics/{counter}").read_text())
 
 
 def iperf(client, server, udp: bool, seconds: int = 3) -> float:

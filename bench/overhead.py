@@ -57,6 +57,11 @@ def exit_ifindexes() -> list[int]:
     return list(exit_devices(docker_engine.discover(docker_engine.docker_client())))
 
 
+def container_veths(info) -> list[int]:
+    """The ifindexes of containers a's and b's host veths."""
+    return [socket.if_nametoindex(host_veth(info.containers[k].pid)) for k in "ab"]
+
+
 @contextlib.contextmanager
 def empty_programs(veths: list[int], exits: list[int], netfilter: bool) -> Iterator[None]:
     """Empty programs linked where the daemon links its own: both ways on
@@ -89,7 +94,7 @@ def empty_programs(veths: list[int], exits: list[int], netfilter: bool) -> Itera
 
 def modes(info, args) -> dict[str, object]:
     a = info.containers["a"]
-    veths = [socket.if_nametoindex(host_veth(info.containers[k].pid)) for k in "ab"]
+    veths = container_veths(info)
     exits = exit_ifindexes()
     loop = f"while true; do {' '.join(CNTRACE)} ping {a.name} {info.wan_ip} >/dev/null; done"
 

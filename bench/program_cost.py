@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import statistics
 import subprocess
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ from benchlib import (
     spread,
     standalone,
 )
-from overhead import empty_programs, exit_ifindexes
+from overhead import container_veths, empty_programs, exit_ifindexes
 
 from tracer.kernel import features
 
@@ -98,7 +97,7 @@ def measure(a, b, seconds: int) -> tuple[list[tuple[str, float, float]], tuple[i
 
 def run(info, args) -> list[str]:
     a, b = info.containers["a"], info.containers["b"]
-    veths = [socket.if_nametoindex(host_veth(info.containers[k].pid)) for k in "ab"]
+    veths = container_veths(info)
     exits = exit_ifindexes()
 
     def daemon(*flags: str, **env: str):

@@ -33,7 +33,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchlib import IPERF_CLIENT_CPU, Daemon, host_veth, iperf_server, pinned, spread, standalone
+from benchlib import (
+    IPERF_CLIENT_CPU,
+    Daemon,
+    host_veth,
+    iperf_server,
+    pinned,
+    sent_into,
+    spread,
+    standalone,
+)
 from overhead import EMPTY_PROGRAMS
 
 from tracer.kernel import bpflink
@@ -52,11 +61,11 @@ def daemon_links(pid: int) -> list[tuple[int, int]]:
             if "link_id" not in fields:
                 continue
             link = bpflink.link_fd_by_id(int(fields["link_id"]))
-            info = bpflink.tcx_link_info(link)
-            if info is None:
+            program = bpflink.tcx_link_program(link)
+            if program is None:
                 os.close(link)
                 continue
-            handles.append((link, bpflink.prog_fd_by_id(info[0])))
+            handles.append((link, bpflink.prog_fd_by_id(program)))
     if not handles:
         raise RuntimeError(f"process {pid} holds no tcx link")
     return handles
@@ -76,8 +85,7 @@ def empty_program() -> Iterator[int]:
 def flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
     """One flood with swap(True/False) every window; the ratio of the mean
     rates of its two kinds of window."""
-    counter = Path(f"/sys/class/net/{host_veth(b.pid)}/statistics/"
-                   + ("tx_packets" if udp else "tx_bytes"))
+    into, counter = host_veth(b.pid), "tx_packets" if udp else "tx_bytes"
     args = ["-u", "-b", "0", "-l", "64"] if udp else []
     client = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
         "nsenter", "-t", str(a.pid), "-n", "iperf3", "-c", b.ip, "-t", str(int(seconds) + 3),
@@ -87,15 +95,15 @@ def flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
     try:
         time.sleep(1.5)   # iperf3's connection set up, the flood under way
         swap(on)
-        count, start = int(counter.read_text()), time.monotonic()
+        count, start = sent_into(into, counter), time.monotonic()
         end = start + seconds
         while start < end:
             time.sleep(window)
-            count_now, now = int(counter.read_text()), time.monotonic()
+            count_now, now = sent_into(into, counter), time.monotonic()
             rates[on].append((count_now - count) / (now - start))
             on = not on
             swap(on)
-            count, start = int(counter.read_text()), time.monotonic()
+            count, start = sent_into(into, counter), time.monotonic()
     finally:
         swap(True)
         client.wait()

@@ -149,17 +149,14 @@ def link_fd_by_id(link_id: int) -> int:
     return _bpf(BPF_LINK_GET_FD_BY_ID, struct.pack("=I", link_id))
 
 
-def tcx_link_info(link_fd: int) -> tuple[int, int, int] | None:
-    """(program id, ifindex, attach type) of a tcx link; None for another kind."""
+def tcx_link_program(link_fd: int) -> int | None:
+    """The id of a tcx link's program; None for a link of another kind."""
     info = ctypes.create_string_buffer(64)
-    # obj_get_info_by_fd: bpf_fd, info_len, info.  struct bpf_link_info:
-    # type, id, prog_id, then the tcx member {ifindex, attach_type} at 16.
+    # obj_get_info_by_fd: bpf_fd, info_len, info.  struct bpf_link_info
+    # begins type, id, prog_id.
     _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", link_fd, len(info), ctypes.addressof(info)))
     link_type, _, prog_id = struct.unpack_from("=III", info.raw)
-    if link_type != BPF_LINK_TYPE_TCX:
-        return None
-    ifindex, attach_type = struct.unpack_from("=II", info.raw, 16)
-    return prog_id, ifindex, attach_type
+    return prog_id if link_type == BPF_LINK_TYPE_TCX else None
 
 
 def link_update(link_fd: int, prog_fd: int) -> None:
