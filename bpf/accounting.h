@@ -53,8 +53,8 @@ BPF_HASH(container_addrs, struct addr_key, u32, MAX_CONTAINERS * 4);
 BPF_HASH(host_addrs, struct addr_key, u8, 1024);
 
 /* A container and direction (its row: slot * 2 + direction), per CPU: what
- * a packet of a steady stream touches, in one cache line.  Per packet, the
- * cost is the cache lines touched more than the instructions run. */
+ * a packet of a steady stream touches, in one entry.  Per packet, the cost
+ * is the cache lines and lookups more than the instructions run. */
 struct container_row {
     u64 packets;              /* the traffic collector */
     u64 bytes;
@@ -67,20 +67,20 @@ struct container_row {
     u8 pad[6];
     u64 ct;                   /* ...this conntrack entry of the flow (0: not read in this
                                  flow and epoch; NO_NAT_ENTRY: nothing to count) */
+    struct traffic peers[PEER_COLUMNS];   /* the peer columns, next to what finds them */
 };
 BPF_PERCPU_ARRAY(container_rows, struct container_row, MAX_CONTAINERS * 2);
 BPF_PERCPU_ARRAY(flow_cache_keys, struct flow_key, MAX_CONTAINERS * 2);
 
-/* Per-peer counters: the first PEER_COLUMNS peers of each row in an array
- * (row * PEER_COLUMNS + column: a row's columns share a cache line), their
- * column found through the flow; the rest in a hash.  A peer keeps its
- * column while the row's owner lives (tracer/daemon/bpf_maps.py clear_slot
- * frees them); the daemon sums both. */
+/* Per-peer counters: the first PEER_COLUMNS peers of each row in the row
+ * itself (container_row peers: no lookup of their own, and the cache line
+ * next to the row's), their column found through the flow; the rest in a
+ * hash.  A peer keeps its column while the row's owner lives
+ * (tracer/daemon/bpf_maps.py clear_slot frees them); the daemon sums both. */
 struct columns_taken {
     struct bpf_spin_lock lock;
     u32 taken;
 };
-BPF_PERCPU_ARRAY(peer_columns, struct traffic, MAX_CONTAINERS * 2 * PEER_COLUMNS);
 BPF_HASH(peer_column_of, struct peer_key, u32, MAX_CONTAINERS * 2 * PEER_COLUMNS);
 BPF_ARRAY(peer_columns_taken, struct columns_taken, MAX_CONTAINERS * 2);
 BPF_PERCPU_HASH(peer_traffic, struct peer_key, struct traffic, PEER_TABLE_SIZE);
@@ -571,12 +571,11 @@ static __always_inline u32 tc_bytes(struct __sk_buff *skb)   /* IP-layer bytes *
     return skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
 }
 
-static __always_inline void count_peer(u32 row, struct peer_ref *ref, u32 slot, int rx,
-                                       u32 packets, u32 bytes)
+static __always_inline void count_peer(struct container_row *row, struct peer_ref *ref,
+                                       u32 slot, int rx, u32 packets, u32 bytes)
 {
     if (ref->column < PEER_COLUMNS) {
-        u32 index = row * PEER_COLUMNS + ref->column;
-        add_traffic(peer_columns.lookup(&index), packets, bytes);
+        add_traffic(&row->peers[ref->column], packets, bytes);
         return;
     }
     struct peer_key key = {.slot = slot, .peer = ref->peer, .direction = rx};
@@ -609,7 +608,7 @@ static __always_inline void count_tc(struct __sk_buff *skb, int rx)
     row->bytes += bytes;
 #endif
 #ifdef COLLECT_PEERS
-    count_peer(index, &ref, slot, rx, packets, bytes);
+    count_peer(row, &ref, slot, rx, packets, bytes);
 #endif
 #if defined(COLLECT_NAT) && !defined(NAT_IN_NETFILTER)
     /* Into a container: DNAT brought it here, or SNAT rewrote it on its way

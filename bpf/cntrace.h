@@ -153,7 +153,7 @@ struct flow_value {
     u32 peer;             /* the remote end, resolved once per flow... */
     u32 peer_generation;  /* ...and trusted while that slot keeps its owner; */
     u32 owner_generation; /* the flow is the owner's while its slot keeps it */
-    u8 column[2];         /* by direction: the peer's counters in peer_columns */
+    u8 column[2];         /* by direction: the peer's column in its container_row */
     u16 pad;
     u32 pad2;
 };

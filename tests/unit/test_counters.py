@@ -61,14 +61,21 @@ def _struct(key):
     return _TYPES[name].from_buffer_copy(raw)
 
 
+class Row(ctypes.Structure):
+    """The fields of struct container_row (bpf/accounting.h) the reader reads."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
+                ("peers", wire.Traffic * loader.PEER_COLUMNS)]
+
+
 class FakeTracer:
     nat_at_exits = True
     tc_programs = None
 
     def __init__(self):
         self.maps = {
-            "container_rows": PerCpu(wire.Traffic), "snat": PerCpu(wire.Traffic),
-            "peer_columns": PerCpu(wire.Traffic), "peer_column_of": Plain(ctypes.c_uint32),
+            "container_rows": PerCpu(Row), "snat": PerCpu(wire.Traffic),
+            "peer_column_of": Plain(ctypes.c_uint32),
             "peer_columns_taken": Plain(ctypes.c_uint32),
             "snat_translations": PerCpu(ctypes.c_uint64), "flows_opened": PerCpu(ctypes.c_uint64),
             "slot_generation": Plain(ctypes.c_uint32), "flow_epoch": Plain(ctypes.c_uint32),
@@ -80,7 +87,8 @@ class FakeTracer:
             "host_addrs": Plain(ctypes.c_uint8), "veth_slots": Plain(ctypes.c_uint32),
             "veth_slots_beyond": Plain(ctypes.c_uint32), "exit_header_len": Plain(ctypes.c_uint32),
         }
-        self.maps["slot_generation"][ctypes.c_int(2)] = ctypes.c_uint32(0)
+        for slot in range(8):   # an array: every slot has a generation
+            self.maps["slot_generation"][ctypes.c_int(slot)] = ctypes.c_uint32(0)
         self.maps["flow_epoch"][ctypes.c_int(0)] = ctypes.c_uint32(0)
 
     def __getitem__(self, name):
@@ -93,8 +101,8 @@ def per_cpu(*pairs):
 
 def test_per_cpu_values_are_summed():
     tracer = FakeTracer()
-    tracer["container_rows"][ctypes.c_int(2 * 2 + wire.DIR_RX)] = per_cpu((1, 100), (2, 200),
-                                                                            (3, 300))
+    tracer["container_rows"][ctypes.c_int(2 * 2 + wire.DIR_RX)] = rows((1, 100), (2, 200),
+                                                                         (3, 300))
     tracer["snat"][ctypes.c_int(2)] = per_cpu((1, 10), (0, 0), (4, 40))
     tracer["snat_translations"][ctypes.c_int(2)] = [ctypes.c_uint64(1)] * NCPU
     counters = BpfCounters(tracer)
@@ -119,7 +127,7 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     tracer["peer_traffic"][wire.PeerKey(5, 2, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["peer_traffic"][wire.PeerKey(5, 7, wire.DIR_RX)] = per_cpu((1, 1), (1, 1), (1, 1))
     tracer["drops"][wire.DropKey(2, 12)] = [wire.DropCount(count=1)] * NCPU
-    tracer["container_rows"][ctypes.c_int(4)] = per_cpu((9, 9), (9, 9), (9, 9))
+    tracer["container_rows"][ctypes.c_int(4)] = rows((9, 9), (9, 9), (9, 9))
     counters = BpfCounters(tracer)
     counters.clear_slot(2)
     left = {(k.slot, k.peer) for k, _, _ in counters.peer_traffic()}
@@ -130,38 +138,57 @@ def test_clearing_a_slot_takes_its_keys_and_the_peers_that_name_it():
     assert tracer["flow_epoch"][ctypes.c_int(0)].value == 1   # rows ask the flow table again
 
 
-def column(slot: int, direction: int, number: int) -> ctypes.c_int:
-    return ctypes.c_int((slot * 2 + direction) * loader.PEER_COLUMNS + number)
+def rows(*pairs):
+    return [Row(packets=p, bytes=b) for p, b in pairs]
+
+
+def count_in_column(tracer, slot: int, direction: int, number: int, *pairs) -> None:
+    """Add per-CPU (packets, bytes) to a peer column, as the programs do."""
+    key = ctypes.c_int(slot * 2 + direction)
+    per_cpu_rows = tracer["container_rows"][key]
+    for row, (packets, nbytes) in zip(per_cpu_rows, pairs, strict=True):
+        row.peers[number].packets += packets
+        row.peers[number].bytes += nbytes
+    tracer["container_rows"][key] = per_cpu_rows
 
 
 def test_a_pair_counts_in_its_column_and_in_the_hash_summed():
     tracer = FakeTracer()
     tracer["peer_column_of"][wire.PeerKey(2, 5, wire.DIR_TX)] = ctypes.c_uint32(1)
-    tracer["peer_columns"][column(2, wire.DIR_TX, 1)] = per_cpu((1, 10), (2, 20), (0, 0))
+    count_in_column(tracer, 2, wire.DIR_TX, 1, (1, 10), (2, 20), (0, 0))
     tracer["peer_traffic"][wire.PeerKey(2, 5, wire.DIR_TX)] = per_cpu((1, 5), (0, 0), (0, 0))
     tracer["peer_traffic"][wire.PeerKey(2, 7, wire.DIR_TX)] = per_cpu((4, 40), (0, 0), (0, 0))
-    # A column given and not counted in yet (or zeroed when its peer went).
+    # A column given and not counted in yet.
     tracer["peer_column_of"][wire.PeerKey(2, 9, wire.DIR_TX)] = ctypes.c_uint32(2)
     rows = {(k.slot, k.peer, k.direction): (p, b)
             for k, p, b in BpfCounters(tracer).peer_traffic()}
     assert rows == {(2, 5, wire.DIR_TX): (4, 35), (2, 7, wire.DIR_TX): (4, 40)}
 
 
-def test_clearing_a_slot_frees_its_columns_and_zeroes_the_columns_naming_it():
+def test_clearing_a_slot_frees_its_columns_and_restarts_the_columns_naming_it():
     tracer = FakeTracer()
     tracer["peer_column_of"][wire.PeerKey(2, 5, wire.DIR_TX)] = ctypes.c_uint32(0)
-    tracer["peer_columns"][column(2, wire.DIR_TX, 0)] = per_cpu((1, 1), (1, 1), (1, 1))
+    count_in_column(tracer, 2, wire.DIR_TX, 0, (1, 1), (1, 1), (1, 1))
     tracer["peer_columns_taken"][ctypes.c_int(2 * 2 + wire.DIR_TX)] = ctypes.c_uint32(1)
     tracer["peer_column_of"][wire.PeerKey(5, 2, wire.DIR_RX)] = ctypes.c_uint32(3)
-    tracer["peer_columns"][column(5, wire.DIR_RX, 3)] = per_cpu((1, 1), (1, 1), (1, 1))
+    count_in_column(tracer, 5, wire.DIR_RX, 3, (1, 1), (1, 1), (1, 1))
     tracer["peer_column_of"][wire.PeerKey(5, 7, wire.DIR_RX)] = ctypes.c_uint32(0)
-    tracer["peer_columns"][column(5, wire.DIR_RX, 0)] = per_cpu((1, 1), (1, 1), (1, 1))
+    count_in_column(tracer, 5, wire.DIR_RX, 0, (1, 1), (1, 1), (1, 1))
     counters = BpfCounters(tracer)
     counters.clear_slot(2)
     assert {(k.slot, k.peer) for k, _, _ in counters.peer_traffic()} == {(5, 7)}
     assert len(tracer["peer_columns_taken"]) == 0          # slot 2's row starts over
     given = {(k.slot, k.peer): v.value for k, v in tracer["peer_column_of"].items()}
     assert given == {(5, 2): 3, (5, 7): 0}   # slot 2's next owner is 5's peer in column 3
+    # The next owner counts from what the column held when slot 2 changed hands.
+    count_in_column(tracer, 5, wire.DIR_RX, 3, (2, 20), (0, 0), (1, 10))
+    traffic = {(k.slot, k.peer): (p, b) for k, p, b in counters.peer_traffic()}
+    assert traffic == {(5, 2): (3, 30), (5, 7): (3, 3)}
+    counters.clear_slot(5)   # the row's owner went: its row and bases start over
+    assert counters.peer_traffic() == []
+    count_in_column(tracer, 5, wire.DIR_RX, 3, (1, 1), (0, 0), (0, 0))
+    tracer["peer_column_of"][wire.PeerKey(5, 2, wire.DIR_RX)] = ctypes.c_uint32(3)
+    assert [(k.peer, p) for k, p, _ in counters.peer_traffic()] == [(2, 1)]
 
 
 def test_a_veth_slot_lives_in_the_array_or_beyond_it():

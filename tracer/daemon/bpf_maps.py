@@ -24,9 +24,9 @@ def _sum_count(per_cpu) -> int:
     return sum(int(getattr(v, "value", v)) for v in per_cpu)
 
 
-def _column_index(key, column: int) -> int:
-    """Where a pair's counters are in peer_columns (bpf/accounting.h)."""
-    return (key.slot * 2 + key.direction) * loader.PEER_COLUMNS + column
+def _row_of(key) -> int:
+    """The container_rows index of a pair's owner and direction (bpf/accounting.h)."""
+    return key.slot * 2 + key.direction
 
 
 class BpfCounters:
@@ -35,6 +35,11 @@ class BpfCounters:
     def __init__(self, tracer) -> None:
         self._t = tracer
         self._epoch_lock = threading.Lock()
+        # A peer column's sums when its peer's slot last changed owner: the
+        # kernel's row cannot be written while its owner counts in it, so
+        # the next owner's counts are the column's growth since then.
+        self._column_bases: dict[tuple[int, int], tuple[int, int]] = {}
+        self._bases_lock = threading.Lock()   # a scrape sees a column and its base together
 
     def attach_veth(self, ifindex: int, slot: int) -> str:
         """Attach the counting programs to a container's host-side veth (tcx
@@ -104,11 +109,12 @@ class BpfCounters:
 
     def clear_slot(self, slot: int) -> None:
         """Zero every counter of a slot, and of the slot as someone's peer."""
-        for row in (slot * 2, slot * 2 + 1):   # deleting an array's element zeroes it
-            self._delete("container_rows", ctypes.c_int(row))
-            self._delete("peer_columns_taken", ctypes.c_int(row))
-            for column in range(loader.PEER_COLUMNS):
-                self._delete("peer_columns", ctypes.c_int(row * loader.PEER_COLUMNS + column))
+        with self._bases_lock:
+            for row in (slot * 2, slot * 2 + 1):   # deleting an array's element zeroes it
+                self._delete("container_rows", ctypes.c_int(row))
+                self._delete("peer_columns_taken", ctypes.c_int(row))
+                for column in range(loader.PEER_COLUMNS):
+                    self._column_bases.pop((row, column), None)
         for name in SLOT_ARRAYS:
             self._delete(name, ctypes.c_int(slot))
         # Flows and rows that cached this slot, as their owner or their
@@ -117,13 +123,15 @@ class BpfCounters:
         generation[ctypes.c_int(slot)] = ctypes.c_uint32(generation[ctypes.c_int(slot)].value + 1)
         self.advance_flow_epoch()
         # The slot's own columns are free again; its column in another's row
-        # is kept, zeroed, for the slot's next owner.
+        # is kept for the slot's next owner, who counts from what it holds now.
         columns = self._t["peer_column_of"]
         for key, column in list(columns.items()):
             if key.slot == slot:
                 self._delete("peer_column_of", key)
             elif key.peer == slot:
-                self._delete("peer_columns", ctypes.c_int(_column_index(key, column.value)))
+                with self._bases_lock:
+                    self._column_bases[(_row_of(key), column.value)] = self._column_sum(
+                        self._t["container_rows"][ctypes.c_int(_row_of(key))], column.value)
         for name in SLOT_HASHES:
             table = self._t[name]
             for key in list(table.keys()):
@@ -164,13 +172,24 @@ class BpfCounters:
             total[0] += packets
             total[1] += nbytes
 
-        columns = self._t["peer_columns"]
-        for key, column in self._t["peer_column_of"].items():
-            add(key, *_sum_traffic(columns[ctypes.c_int(_column_index(key, column.value))]))
+        rows = self._t["container_rows"]
+        read: dict[int, list] = {}   # each row's per-CPU entries, read once
+        with self._bases_lock:
+            for key, column in self._t["peer_column_of"].items():
+                row = _row_of(key)
+                if row not in read:
+                    read[row] = rows[ctypes.c_int(row)]
+                packets, nbytes = self._column_sum(read[row], column.value)
+                base = self._column_bases.get((row, column.value), (0, 0))
+                add(key, packets - base[0], nbytes - base[1])
         for key, per_cpu in self._t["peer_traffic"].items():
             add(key, *_sum_traffic(per_cpu))
         return [(wire.PeerKey(*key), packets, nbytes)
                 for key, (packets, nbytes) in sums.items() if packets]
+
+    @staticmethod
+    def _column_sum(per_cpu_rows, column: int) -> tuple[int, int]:
+        return _sum_traffic([row.peers[column] for row in per_cpu_rows])
 
     def drops(self) -> list[tuple[wire.DropKey, int]]:
         return [(k, sum(cpu.count for cpu in v)) for k, v in self._t["drops"].items()]
