@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CNTRACE = [sys.executable, "-m", "tracer"]
+BENCH_TOOLS = ("iperf3", "tcpdump", "conntrack", "nsenter", "taskset")   # setup.sh bench
 
 # iperf3's client and server each on a CPU of their own (the client on the
 # first, the server on the last): the client's CPU carries each packet's
@@ -105,6 +107,56 @@ def sent_into(ifname: str, counter: str = "tx_packets") -> int:
     return int(Path(f"/sys/class/net/{ifname}/statistics/{counter}").read_text())
 
 
+@contextlib.contextmanager
+def flood(client, server, udp: bool) -> Iterator[Callable[[float], float]]:
+    """iperf3 from container `client` to `server` (UDP: 64-byte datagrams as
+    fast as the client's CPU sends them) until the block ends; yields
+    rate(seconds): what crossed the host into the server's container over
+    the next `seconds`, per second, counted at its host veth (UDP: packets;
+    TCP: bytes)."""
+    into, counter = host_veth(server.pid), "tx_packets" if udp else "tx_bytes"
+    args = ["-u", "-b", "0", "-l", "64"] if udp else []
+
+    def rate(seconds: float) -> float:
+        count, start = sent_into(into, counter), time.monotonic()
+        time.sleep(seconds)
+        return (sent_into(into, counter) - count) / (time.monotonic() - start)
+
+    attempts = 3
+    for _ in range(attempts):   # the server may still be busy with the last client
+        proc = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
+            "nsenter", "-t", str(client.pid), "-n", "iperf3", "-c", server.ip, "-t", "86400",
+            *args]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)   # the connection set up, the flood under way
+        if proc.poll() is None and rate(0.2) > 0:
+            break
+        proc.terminate()
+        proc.wait()
+        time.sleep(1)
+    else:
+        raise RuntimeError(f"iperf3 to {server.ip} sent nothing in {attempts} attempts")
+    try:
+        yield rate
+    finally:
+        proc.terminate()
+        proc.wait()
+        time.sleep(0.5)   # the server back to listening
+
+
+def steady_rate(rate: Callable[[float], float], seconds: float) -> float:
+    """rate(seconds), taken again while the hypervisor stole more than
+    MAX_STEAL of the machine's CPU time during it (up to STEAL_RETRIES)."""
+    for attempt in range(STEAL_RETRIES + 1):
+        total, steal = _cpu_times()
+        measured = rate(seconds)
+        total_after, steal_after = _cpu_times()
+        stolen = (steal_after - steal) / max(total_after - total, 1)
+        if stolen <= MAX_STEAL or attempt == STEAL_RETRIES:
+            return measured
+        print(f"  (steal {stolen:.0%} during a window: again)", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def iperf(client, server, udp: bool, seconds: int = 3) -> float:
     """iperf3 from container `client` to `server` (testbed containers: pid,
     ip).  UDP: 64-byte datagrams/s that crossed the host into the server's
@@ -146,6 +198,10 @@ def testbed() -> Iterator[object]:
     everything taken down afterwards, whatever happens."""
     from tracer.testbed import DockerEngine, Testbed, check_route
 
+    missing = [tool for tool in BENCH_TOOLS if shutil.which(tool) is None]
+    if missing:   # else a flood that never ran reads as a rate of zero
+        raise SystemExit(f"bench: {', '.join(missing)} not installed: "
+                         "bash deploy/setup.sh bench installs what the benchmarks need")
     # A benchmark stopped by kill or a closed terminal takes the testbed down
     # too: SIGTERM and SIGHUP unwind like Ctrl-C, through the finally below.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -178,7 +234,8 @@ def standalone(run: Callable[[object, argparse.Namespace], list[str]], doc: str)
 def arguments(doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each ratio")
-    parser.add_argument("--seconds", type=int, default=3, help="length of each iperf3 run")
+    parser.add_argument("--seconds", type=int, default=3,
+                        help="overhead: length of each window; the others: of each iperf3 run")
     parser.add_argument("--rounds", type=int, default=3,
                         help="program-cost: rounds over its modes, each mode once a round")
     parser.add_argument("--flood-seconds", type=float, default=30,

@@ -1,8 +1,10 @@
 """What tracing costs other traffic: container -> container over docker0, UDP
-64-byte packet rate (through the host into b) and TCP throughput (iperf3 in
-the containers' netns, client and server on CPUs of their own:
-bench/benchlib.py iperf), each mode interleaved with the baseline
-(baseline, tool, baseline, ...), several repetitions, same run.
+64-byte packet rate and TCP throughput, both counted where they cross the
+host into b (iperf3 in the containers' netns, client and server on CPUs of
+their own: bench/benchlib.py flood).  Each mode is interleaved with the
+baseline inside one flood: baseline, tool, baseline, ..., a window of
+--seconds each, --reps windows with the tool.  Whole runs of iperf3 swing
+by 10% from one to the next on this VM; windows of one flood, by 2% (UDP).
 
 Modes:
 - the floor: empty BPF programs on the daemon's attach points (tcx on a's and
@@ -32,16 +34,19 @@ from collections.abc import Iterator
 
 from benchlib import (
     CNTRACE,
+    flood,
     free_port,
     host_veth,
-    iperf,
     iperf_server,
     running,
     spread,
     standalone,
+    steady_rate,
 )
 
 from tracer.kernel import bpflink, features, loader
+
+SETTLE_AFTER_STOP = 1.0   # seconds for a stopped tool's links and memory to go
 
 EMPTY_PROGRAMS = """
 int empty_tc(struct __sk_buff *skb) { return -1; }   /* TCX_NEXT */
@@ -125,32 +130,35 @@ def modes(info, args) -> dict[str, object]:
 
 def run(info, args) -> list[str]:
     a, b = info.containers["a"], info.containers["b"]
-    lines = [f"| running (ratio to baseline, n={args.reps}) | UDP 64B packets/s | "
-             "TCP throughput |", "|---|---|---|"]
+    lines = [f"| running (ratio to baseline, n={args.reps} windows of {args.seconds} s) | "
+             "UDP 64B packets/s | TCP throughput |", "|---|---|---|"]
     base_rates = {"udp": [], "tcp": []}
     with iperf_server(b.pid):
         for name, start in modes(info, args).items():
             if args.mode and not any(text in name for text in args.mode):
                 continue
             ratios = {"udp": [], "tcp": []}
-            # Baseline, tool, baseline, tool, ...: each run with the tool is
-            # compared with the mean of the baselines just before and after
-            # it, which cancels a drift of the machine's speed.
-            before = {p: iperf(a, b, p == "udp", args.seconds) for p in ratios}
-            for _ in range(args.reps):
-                with start():
-                    measured = {p: iperf(a, b, p == "udp", args.seconds) for p in ratios}
-                for proto in ratios:
-                    after = iperf(a, b, proto == "udp", args.seconds)
-                    base_rates[proto].append(after)
-                    ratios[proto].append(measured[proto] / ((before[proto] + after) / 2))
-                    before[proto] = after
-                print(f"  {name}: udp {ratios['udp'][-1]:.3f} tcp {ratios['tcp'][-1]:.3f}",
-                      file=sys.stderr, flush=True)
+            for proto in ratios:
+                # One flood: baseline, tool, baseline, tool, ...  Each window
+                # with the tool is compared with the mean of the baseline
+                # windows just before and after it, which cancels a drift of
+                # the machine's speed; a window starts once the tool has
+                # settled, or has stopped.
+                with flood(a, b, proto == "udp") as rate:
+                    before = steady_rate(rate, args.seconds)
+                    for _ in range(args.reps):
+                        with start():
+                            measured = steady_rate(rate, args.seconds)
+                        time.sleep(SETTLE_AFTER_STOP)
+                        after = steady_rate(rate, args.seconds)
+                        base_rates[proto].append(after)
+                        ratios[proto].append(measured / ((before + after) / 2))
+                        before = after
+                print(f"  {name}: {proto} {spread(ratios[proto])}", file=sys.stderr, flush=True)
             lines.append(f"| {name} | {spread(ratios['udp'])} | {spread(ratios['tcp'])} |")
             print(lines[-1], file=sys.stderr, flush=True)
     lines.append(f"| (baseline: UDP {spread(base_rates['udp'], '{:,.0f}')} packets/s, TCP "
-                 f"{spread([x / 1e9 for x in base_rates['tcp']], '{:.2f}')} Gbit/s) | | |")
+                 f"{spread([x * 8 / 1e9 for x in base_rates['tcp']], '{:.2f}')} Gbit/s) | | |")
     return lines
 
 

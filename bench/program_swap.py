@@ -27,22 +27,12 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchlib import (
-    IPERF_CLIENT_CPU,
-    Daemon,
-    host_veth,
-    iperf_server,
-    pinned,
-    sent_into,
-    spread,
-    standalone,
-)
+from benchlib import Daemon, flood, iperf_server, spread, standalone
 from overhead import EMPTY_PROGRAMS
 
 from tracer.kernel import bpflink
@@ -82,31 +72,21 @@ def empty_program() -> Iterator[int]:
         bpf.cleanup()
 
 
-def flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
+def swapped_flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
     """One flood with swap(True/False) every window; the ratio of the mean
     rates of its two kinds of window."""
-    into, counter = host_veth(b.pid), "tx_packets" if udp else "tx_bytes"
-    args = ["-u", "-b", "0", "-l", "64"] if udp else []
-    client = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
-        "nsenter", "-t", str(a.pid), "-n", "iperf3", "-c", b.ip, "-t", str(int(seconds) + 3),
-        *args]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rates: dict[bool, list[float]] = {True: [], False: []}
     on = True
-    try:
-        time.sleep(1.5)   # iperf3's connection set up, the flood under way
-        swap(on)
-        count, start = sent_into(into, counter), time.monotonic()
-        end = start + seconds
-        while start < end:
-            time.sleep(window)
-            count_now, now = sent_into(into, counter), time.monotonic()
-            rates[on].append((count_now - count) / (now - start))
-            on = not on
+    with flood(a, b, udp) as rate:
+        try:
             swap(on)
-            count, start = sent_into(into, counter), time.monotonic()
-    finally:
-        swap(True)
-        client.wait()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                rates[on].append(rate(window))
+                on = not on
+                swap(on)
+        finally:
+            swap(True)
     return statistics.mean(rates[True]) / statistics.mean(rates[False])
 
 
@@ -134,8 +114,9 @@ def run(info, args) -> list[str]:
                         bpflink.link_update(link, program if on and name != AA else empty)
 
                 try:
-                    ratios = {udp: [flood(a, b, udp, args.flood_seconds, args.window, swap)
-                                    for _ in range(args.reps)] for udp in (True, False)}
+                    ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window,
+                                                  swap) for _ in range(args.reps)]
+                              for udp in (True, False)}
                 finally:
                     for fds in handles:
                         for fd in fds:
