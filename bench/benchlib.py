@@ -74,6 +74,7 @@ def iperf_server(pid: int) -> Iterator[None]:
 # again.  On this project's small VMs a burst of steal can cut one 3-second
 # run to a seventh of its rate.
 MAX_STEAL = 0.03
+UDP_FLOOD_ARGS = ["-u", "-b", "0", "-l", "64"]   # iperf3: 64-byte datagrams, no rate limit
 STEAL_RETRIES = 5
 
 
@@ -81,6 +82,14 @@ def _cpu_times() -> tuple[int, int]:
     """(all jiffies, steal jiffies) of the machine since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return sum(fields[:8]), fields[7]
+
+
+def _stolen_since(before: tuple[int, int]) -> float:
+    """The share of the machine's CPU time the hypervisor stole since
+    _cpu_times() gave `before`."""
+    total, steal = before
+    total_after, steal_after = _cpu_times()
+    return (steal_after - steal) / max(total_after - total, 1)
 
 
 def busy_ns(cpu: str) -> int:
@@ -115,7 +124,7 @@ def flood(client, server, udp: bool) -> Iterator[Callable[[float], float]]:
     the next `seconds`, per second, counted at its host veth (UDP: packets;
     TCP: bytes)."""
     into, counter = host_veth(server.pid), "tx_packets" if udp else "tx_bytes"
-    args = ["-u", "-b", "0", "-l", "64"] if udp else []
+    args = UDP_FLOOD_ARGS if udp else []
 
     def rate(seconds: float) -> float:
         count, start = sent_into(into, counter), time.monotonic()
@@ -147,10 +156,9 @@ def steady_rate(rate: Callable[[float], float], seconds: float) -> float:
     """rate(seconds), taken again while the hypervisor stole more than
     MAX_STEAL of the machine's CPU time during it (up to STEAL_RETRIES)."""
     for attempt in range(STEAL_RETRIES + 1):
-        total, steal = _cpu_times()
+        before = _cpu_times()
         measured = rate(seconds)
-        total_after, steal_after = _cpu_times()
-        stolen = (steal_after - steal) / max(total_after - total, 1)
+        stolen = _stolen_since(before)
         if stolen <= MAX_STEAL or attempt == STEAL_RETRIES:
             return measured
         print(f"  (steal {stolen:.0%} during a window: again)", file=sys.stderr, flush=True)
@@ -166,10 +174,10 @@ def iperf(client, server, udp: bool, seconds: int = 3) -> float:
     reads, which varies with the other CPU.  TCP: bits/s received.  A run
     the server refused (still busy with the last one: no result), or one the
     hypervisor stole more than MAX_STEAL of, is run again."""
-    args = ["-u", "-b", "0", "-l", "64"] if udp else []
+    args = UDP_FLOOD_ARGS if udp else []
     into = host_veth(server.pid)
     for attempt in range(STEAL_RETRIES + 3):
-        total, steal = _cpu_times()
+        before = _cpu_times()
         sent = sent_into(into)
         out = subprocess.run(pinned(IPERF_CLIENT_CPU, ["nsenter", "-t", str(client.pid), "-n",
                                                        "iperf3", "-c", server.ip, "-t",
@@ -180,8 +188,7 @@ def iperf(client, server, udp: bool, seconds: int = 3) -> float:
         if "sum" not in end and "sum_received" not in end:
             time.sleep(1)
             continue
-        total_after, steal_after = _cpu_times()
-        stolen = (steal_after - steal) / max(total_after - total, 1)
+        stolen = _stolen_since(before)
         if stolen <= MAX_STEAL or attempt >= STEAL_RETRIES:
             break
         print(f"  (steal {stolen:.0%} during a run: run again)", file=sys.stderr, flush=True)

@@ -20,6 +20,11 @@ def _sum_traffic(per_cpu) -> tuple[int, int]:
     return sum(v.packets for v in per_cpu), sum(v.bytes for v in per_cpu)
 
 
+def _sum_column(per_cpu_rows, column: int) -> tuple[int, int]:
+    """A peer column's sums over a container row's per-CPU entries."""
+    return _sum_traffic([row.peers[column] for row in per_cpu_rows])
+
+
 def _sum_count(per_cpu) -> int:
     return sum(int(getattr(v, "value", v)) for v in per_cpu)
 
@@ -130,7 +135,7 @@ class BpfCounters:
                 self._delete("peer_column_of", key)
             elif key.peer == slot:
                 with self._bases_lock:
-                    self._column_bases[(_row_of(key), column.value)] = self._column_sum(
+                    self._column_bases[(_row_of(key), column.value)] = _sum_column(
                         self._t["container_rows"][ctypes.c_int(_row_of(key))], column.value)
         for name in SLOT_HASHES:
             table = self._t[name]
@@ -179,17 +184,13 @@ class BpfCounters:
                 row = _row_of(key)
                 if row not in read:
                     read[row] = rows[ctypes.c_int(row)]
-                packets, nbytes = self._column_sum(read[row], column.value)
+                packets, nbytes = _sum_column(read[row], column.value)
                 base = self._column_bases.get((row, column.value), (0, 0))
                 add(key, packets - base[0], nbytes - base[1])
         for key, per_cpu in self._t["peer_traffic"].items():
             add(key, *_sum_traffic(per_cpu))
         return [(wire.PeerKey(*key), packets, nbytes)
                 for key, (packets, nbytes) in sums.items() if packets]
-
-    @staticmethod
-    def _column_sum(per_cpu_rows, column: int) -> tuple[int, int]:
-        return _sum_traffic([row.peers[column] for row in per_cpu_rows])
 
     def drops(self) -> list[tuple[wire.DropKey, int]]:
         return [(k, sum(cpu.count for cpu in v)) for k, v in self._t["drops"].items()]
