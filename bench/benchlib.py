@@ -131,19 +131,23 @@ def flood(client, server, udp: bool) -> Iterator[Callable[[float], float]]:
         time.sleep(seconds)
         return (sent_into(into, counter) - count) / (time.monotonic() - start)
 
-    attempts = 3
+    attempts, said = 3, ""
     for _ in range(attempts):   # the server may still be busy with the last client
-        proc = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
-            "nsenter", "-t", str(client.pid), "-n", "iperf3", "-c", server.ip, "-t", "86400",
-            *args]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.5)   # the connection set up, the flood under way
-        if proc.poll() is None and rate(0.2) > 0:
-            break
-        proc.terminate()
-        proc.wait()
+        with tempfile.TemporaryFile("w+") as errors:
+            proc = subprocess.Popen(pinned(IPERF_CLIENT_CPU, [
+                "nsenter", "-t", str(client.pid), "-n", "iperf3", "-c", server.ip,
+                "-t", "86400", *args]), stdout=subprocess.DEVNULL, stderr=errors)
+            time.sleep(1.5)   # the connection set up, the flood under way
+            if proc.poll() is None and rate(0.2) > 0:
+                break
+            proc.terminate()
+            proc.wait()
+            errors.seek(0)
+            said = errors.read().strip().replace("\n", "; ") or f"exit {proc.returncode}"
         time.sleep(1)
     else:
-        raise RuntimeError(f"iperf3 to {server.ip} sent nothing in {attempts} attempts")
+        raise RuntimeError(f"iperf3 to {server.ip} sent nothing in {attempts} attempts "
+                           f"(last: {said})")
     try:
         yield rate
     finally:

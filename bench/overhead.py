@@ -7,6 +7,7 @@ baseline inside one flood: baseline, tool, baseline, ..., a window of
 by 10% from one to the next on this VM; windows of one flood, by 2% (UDP).
 
 Modes:
+- nothing started: the method's own reading (an A/A), its bias and noise;
 - the floor: empty BPF programs on the daemon's attach points (tcx on a's and
   b's host veths both ways, tcx egress on the host's exit devices), which is
   what any tool hooked there pays before doing any work;
@@ -47,6 +48,9 @@ from benchlib import (
 from tracer.kernel import bpflink, features, loader
 
 SETTLE_AFTER_STOP = 1.0   # seconds for a stopped tool's links and memory to go
+# Windows "with" nothing against the baseline windows around them: what the
+# method reads when there is nothing to find, its bias and its noise.
+NOTHING = "nothing started (the method's own reading)"
 
 EMPTY_PROGRAMS = """
 int empty_tc(struct __sk_buff *skb) { return -1; }   /* TCX_NEXT */
@@ -112,6 +116,7 @@ def modes(info, args) -> dict[str, object]:
                 for checkout in args.compare_checkout or ()}
     return {
         **compared,
+        NOTHING: contextlib.nullcontext,
         "floor: empty programs on the daemon's attach points":
             lambda: empty_programs(veths, exits, netfilter=False),
         "floor, and at the netfilter NAT hooks": lambda: empty_programs(veths, exits, True),
