@@ -215,8 +215,19 @@ def testbed() -> Iterator[object]:
                          "bash deploy/setup.sh bench installs what the benchmarks need")
     # A benchmark stopped by kill or a closed terminal takes the testbed down
     # too: SIGTERM and SIGHUP unwind like Ctrl-C, through the finally below.
+    # Only in this process: pyroute2 forks a child to open a netlink socket
+    # in another netns and stops it with SIGTERM; unwound, that child ran
+    # this finally too and took the testbed and dockerd down under the
+    # benchmark.
+    owner = os.getpid()
+
+    def stop(signum: int, _frame) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda signum, _frame: sys.exit(128 + signum))
+        signal.signal(signum, stop)
     engine = DockerEngine()
     engine.ensure_running()
     bed = Testbed(engine=engine)
