@@ -11,11 +11,13 @@ one tenth of a second to the next.  Each flood gives one ratio (the mean
 rate of its windows with the daemon's programs over that of its windows
 with empty ones); the table gives their spread over --reps floods.
 
-The ratio is to the floor (empty programs on the same links), whose own
-cost bench/overhead.py measures.  The first row swaps empty programs for
-empty ones: what the method reads when there is nothing to find.  The
-daemon's user space runs in both kinds of window, and is not measured
-here; nor is the classic tc path (tcx only).
+The ratio is to the floor (empty programs on the same links).  The first
+row swaps empty programs for empty ones: what the method reads when there
+is nothing to find.  The rows "linked and unlinked" measure against no
+programs at all: the daemon's links are detached, and its programs (or
+empty ones, the floor) are linked at the same points in every other window
+and unlinked in the rest.  The daemon's user space runs in both kinds of
+window, and is not measured here; nor is the classic tc path (tcx only).
 
     /opt/cntrace/venv/bin/python bench/program_swap.py [--reps N] [--flood-seconds S] [--window W]
 
@@ -25,6 +27,7 @@ Traffic stays between the testbed's own containers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import sys
@@ -38,11 +41,20 @@ from overhead import EMPTY_PROGRAMS
 from tracer.kernel import bpflink
 
 AA = "empty programs swapped for empty ones (the method's own reading)"
+LINKED_FLOOR = "linked and unlinked: empty programs (the floor)"
+LINKED_DAEMON = "linked and unlinked: `cntrace daemon`'s programs"
 
 
-def daemon_links(pid: int) -> list[tuple[int, int]]:
-    """(link fd, program fd) of each tcx link the process holds open (its
-    fdinfo names their ids)."""
+@dataclasses.dataclass
+class DaemonLink:
+    link: int          # fds of our own: the daemon's link,
+    program: int       # and its program
+    ifindex: int       # where the link is
+    attach_type: int   # BPF_TCX_INGRESS or BPF_TCX_EGRESS
+
+
+def daemon_links(pid: int) -> list[DaemonLink]:
+    """Each tcx link the process holds open (its fdinfo names their ids)."""
     handles = []
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         with contextlib.suppress(OSError):   # closed meanwhile
@@ -51,14 +63,43 @@ def daemon_links(pid: int) -> list[tuple[int, int]]:
             if "link_id" not in fields:
                 continue
             link = bpflink.link_fd_by_id(int(fields["link_id"]))
-            program = bpflink.tcx_link_program(link)
-            if program is None:
+            info = bpflink.tcx_link_info(link)
+            if info is None:
                 os.close(link)
                 continue
-            handles.append((link, bpflink.prog_fd_by_id(program)))
+            program, ifindex, attach_type = info
+            handles.append(DaemonLink(link, bpflink.prog_fd_by_id(program), ifindex, attach_type))
     if not handles:
         raise RuntimeError(f"process {pid} holds no tcx link")
     return handles
+
+
+def close_links(handles: list[DaemonLink]) -> None:
+    for handle in handles:
+        os.close(handle.link)
+        os.close(handle.program)
+
+
+class Linked:
+    """swap(on) for swapped_flood: each program linked at its point (tcx) in
+    the windows on, and nothing linked in the others; each change made
+    between two windows, so neither kind of window pays for it."""
+
+    def __init__(self, points: list[tuple[int, int, int]]) -> None:
+        self.points = points   # (program fd, ifindex, attach type)
+        self.fds: list[int] = []
+
+    def __call__(self, on: bool) -> None:
+        if not on:
+            self.unlink()
+        elif not self.fds:
+            for program, ifindex, attach_type in self.points:
+                self.fds.append(bpflink.tcx_link_create(program, ifindex, attach_type))
+
+    def unlink(self) -> None:
+        for fd in self.fds:
+            os.close(fd)   # the last fd of a link: it leaves the hook
+        self.fds = []
 
 
 @contextlib.contextmanager
@@ -110,19 +151,51 @@ def run(info, args) -> list[str]:
                 handles = daemon_links(daemon.proc.pid)
 
                 def swap(on: bool, name=name, handles=handles) -> None:
-                    for link, program in handles:
-                        bpflink.link_update(link, program if on and name != AA else empty)
+                    for handle in handles:
+                        bpflink.link_update(handle.link,
+                                            handle.program if on and name != AA else empty)
 
                 try:
                     ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window,
                                                   swap) for _ in range(args.reps)]
                               for udp in (True, False)}
                 finally:
-                    for fds in handles:
-                        for fd in fds:
-                            os.close(fd)
+                    close_links(handles)
             lines.append(f"| {name} | {spread(ratios[True])} | {spread(ratios[False])} |")
             print(lines[-1], file=sys.stderr, flush=True)
+        linked = [name for name in (LINKED_FLOOR, LINKED_DAEMON)
+                  if not args.mode or any(text in name for text in args.mode)]
+        if linked:
+            lines += ["", *linked_rows(a, b, args, empty, linked)]
+    return lines
+
+
+def linked_rows(a, b, args, empty: int, names: list[str]) -> list[str]:
+    """The daemon's links detached, and its programs (or empty ones) linked
+    and unlinked at the same points within each flood: the ratio to no
+    programs at all, which is issue 12's baseline, with this method's
+    precision.  The daemon's user space runs in both kinds of window."""
+    lines = [f"| linked and unlinked (ratio to no programs; n={args.reps} floods of "
+             f"{args.flood_seconds:g} s, windows of {args.window:g} s) | UDP 64B packets/s | "
+             "TCP throughput |", "|---|---|---|"]
+    with Daemon() as daemon:
+        handles = daemon_links(daemon.proc.pid)
+        try:
+            for handle in handles:
+                bpflink.link_detach(handle.link)
+            for name in names:
+                linked = Linked([(empty if name == LINKED_FLOOR else handle.program,
+                                  handle.ifindex, handle.attach_type) for handle in handles])
+                try:
+                    ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window,
+                                                  linked) for _ in range(args.reps)]
+                              for udp in (True, False)}
+                finally:
+                    linked.unlink()
+                lines.append(f"| {name} | {spread(ratios[True])} | {spread(ratios[False])} |")
+                print(lines[-1], file=sys.stderr, flush=True)
+        finally:
+            close_links(handles)
     return lines
 
 

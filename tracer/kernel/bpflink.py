@@ -2,7 +2,8 @@
 kernel >= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6)
 through BPF_LINK_CREATE, and the two-instruction programs tracer/kernel/features.py
 loads to probe what the kernel offers before anything is compiled; and, for
-bench/program_swap.py, a tcx link's program swapped in place.  Closing a
+bench/program_swap.py, a tcx link's program swapped in place, or the link
+detached.  Closing a
 link's fd detaches it; nothing is pinned, so even a killed process leaves
 nothing behind.
 """
@@ -22,6 +23,7 @@ BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_DETACH = 34
 BPF_LINK_TYPE_TCX = 11
 
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -149,14 +151,23 @@ def link_fd_by_id(link_id: int) -> int:
     return _bpf(BPF_LINK_GET_FD_BY_ID, struct.pack("=I", link_id))
 
 
-def tcx_link_program(link_fd: int) -> int | None:
-    """The id of a tcx link's program; None for a link of another kind."""
+def tcx_link_info(link_fd: int) -> tuple[int, int, int] | None:
+    """A tcx link's (program id, ifindex, attach type); None for a link of
+    another kind."""
     info = ctypes.create_string_buffer(64)
     # obj_get_info_by_fd: bpf_fd, info_len, info.  struct bpf_link_info
-    # begins type, id, prog_id.
+    # begins type, id, prog_id; its tcx member (ifindex, attach_type) at 16.
     _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", link_fd, len(info), ctypes.addressof(info)))
     link_type, _, prog_id = struct.unpack_from("=III", info.raw)
-    return prog_id if link_type == BPF_LINK_TYPE_TCX else None
+    if link_type != BPF_LINK_TYPE_TCX:
+        return None
+    ifindex, attach_type = struct.unpack_from("=II", info.raw, 16)
+    return prog_id, ifindex, attach_type
+
+
+def link_detach(link_fd: int) -> None:
+    """The link leaves its hook for good; its holders keep a defunct link."""
+    _bpf(BPF_LINK_DETACH, struct.pack("=I", link_fd))
 
 
 def link_update(link_fd: int, prog_fd: int) -> None:
