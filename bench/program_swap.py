@@ -16,8 +16,11 @@ row swaps empty programs for empty ones: what the method reads when there
 is nothing to find.  The rows "linked and unlinked" measure against no
 programs at all: the daemon's links are detached, and its programs (or
 empty ones, the floor) are linked at the same points in every other window
-and unlinked in the rest.  The daemon's user space runs in both kinds of
-window, and is not measured here; nor is the classic tc path (tcx only).
+and unlinked in the rest.  What a link costs takes about a second to show
+in the rate (BENCHMARKS.md: the floor reads 1.000 in windows of 0.1 s and
+0.982 in windows of 2 s), so take these rows with --window 2 or more.
+The daemon's user space runs in both kinds of window, and is not measured
+here; nor is the classic tc path (tcx only).
 
     /opt/cntrace/venv/bin/python bench/program_swap.py [--reps N] [--flood-seconds S] [--window W]
 
