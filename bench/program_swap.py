@@ -176,8 +176,8 @@ def run(info, args) -> list[str]:
 def linked_rows(a, b, args, empty: int, names: list[str]) -> list[str]:
     """The daemon's links detached, and its programs (or empty ones) linked
     and unlinked at the same points within each flood: the ratio to no
-    programs at all, which is issue 12's baseline, with this method's
-    precision.  The daemon's user space runs in both kinds of window."""
+    programs at all, issue 12's baseline, once the windows are long enough
+    for a link's cost to show (module doc)."""
     lines = [f"| linked and unlinked (ratio to no programs; n={args.reps} floods of "
              f"{args.flood_seconds:g} s, windows of {args.window:g} s) | UDP 64B packets/s | "
              "TCP throughput |", "|---|---|---|"]

@@ -3,9 +3,8 @@ kernel >= 6.4) and tcx on a device (BPF_TCX_INGRESS/EGRESS, kernel >= 6.6)
 through BPF_LINK_CREATE, and the two-instruction programs tracer/kernel/features.py
 loads to probe what the kernel offers before anything is compiled; and, for
 bench/program_swap.py, a tcx link's program swapped in place, or the link
-detached.  Closing a
-link's fd detaches it; nothing is pinned, so even a killed process leaves
-nothing behind.
+detached.  Closing a link's fd detaches it; nothing is pinned, so even a
+killed process leaves nothing behind.
 """
 
 from __future__ import annotations
