@@ -138,10 +138,17 @@ install_vm_tools() {
     fi
 }
 
+host_network() {  # what the tests must leave as they found it: rules, links, namespaces
+    { iptables-save; ip6tables-save; } 2>/dev/null | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//'
+    ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort
+    ip netns list
+}
+
 run_tests() {
     install_apt_packages --no-install-recommends -- "${TEST_APT_PACKAGES[@]}"
     cd "$REPO"
-    local status=0 junit
+    local status=0 junit before
+    before="$(host_network)"
     junit="$(mktemp --suffix=.xml)"
     # Lint first, then the unit suite as an unprivileged user: pure logic
     # needs no root, and this shows it (bytecode and pytest's cache unwritten).
@@ -151,6 +158,10 @@ run_tests() {
         -W ignore::hypothesis.errors.HypothesisWarning tests/unit || status=1
     "$VENV/bin/python" -m pytest -v -rs --junitxml="$junit" tests || status=$?
     [ "$status" -eq 5 ] && { echo "setup: no tests collected" >&2; exit 1; }
+    if ! diff <(echo "$before") <(host_network) >&2; then
+        echo "setup: the tests left the host changed (above: < before, > after)" >&2
+        status=1
+    fi
     if [ "${CNTRACE_SKIP_VMS:-}" = 1 ]; then
         log "CNTRACE_SKIP_VMS=1: the kernel matrix and the systemd VM are skipped"
     else

@@ -139,6 +139,87 @@ def write_sysctl(name: str, value: str) -> None:
     _sysctl_path(name).write_text(value + "\n")
 
 
+# --------------------------------------------- what dockerd leaves behind
+
+# dockerd makes docker0 and its iptables chains (FORWARD policy DROP, its
+# MASQUERADE) and leaves both when it stops; a dockerd we start must not.
+DOCKER_BRIDGE = "docker0"
+RULE_TOOLS = {"ip": "iptables", "ip6": "ip6tables"}   # nft family: the tool
+
+
+def _rules(tool: str) -> str | None:
+    """`TOOL-save`'s dump, None when the tool is missing or fails."""
+    try:
+        done = subprocess.run([f"{tool}-save"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def rule_tables(dump: str) -> dict[str, list[str]]:
+    """An iptables-save dump by table, without comments and counters, which
+    change between two dumps of the same rules."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in dump.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], [])
+        elif current is not None and line != "COMMIT":
+            current.append(line.split(" [", 1)[0] if line.startswith(":") else line)
+    return tables
+
+
+def rules_to_put_back(before: str, now: str, nft: bool) -> tuple[str, list[str]]:
+    """What restores `before` over `now`: the restore input (the tables that
+    were there, as they were) and the tables to remove (those that were not).
+    Under iptables-nft a table that was not there is deleted; a legacy table
+    always exists, and is emptied, its built-in chains set to ACCEPT."""
+    was, present = rule_tables(before), rule_tables(now)
+    restore = [f"*{name}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
+               for name, lines in was.items() if present.get(name) != lines]
+    gone = [name for name in present if name not in was]
+    if not nft:
+        for name in gone:
+            chains = [line[1:].split()[0] for line in present[name]
+                      if line.startswith(":") and line.split()[1] != "-"]
+            restore.append(f"*{name}\n" + "".join(f":{c} ACCEPT\n" for c in chains) + "COMMIT\n")
+        gone = []
+    return "".join(restore), gone
+
+
+def host_network_state() -> dict[str, Any]:
+    """Whether docker0 exists, and each family's rules: what a dockerd we
+    start changes and does not put back (json-able, for the state file)."""
+    with IPRoute() as ipr:
+        bridge = bool(ipr.link_lookup(ifname=DOCKER_BRIDGE))
+    rules = {family: _rules(tool) for family, tool in RULE_TOOLS.items()}
+    return {"bridge": bridge, "rules": rules}
+
+
+def put_back_host_network(saved: dict[str, Any]) -> None:
+    """After our dockerd has stopped: the rules as they were, and no docker0
+    unless there was one."""
+    for family, before in saved.get("rules", {}).items():
+        tool = RULE_TOOLS[family]
+        now = _rules(tool)
+        if before is None or now is None:
+            continue
+        version = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+        restore, gone = rules_to_put_back(before, now, nft="nf_tables" in version)
+        if restore:
+            subprocess.run([f"{tool}-restore"], input=restore, text=True, check=True,
+                           capture_output=True)
+        for table in gone:
+            subprocess.run(["nft", "delete", "table", family, table], check=True,
+                           capture_output=True)
+    if not saved.get("bridge", True):
+        with IPRoute() as ipr:
+            for index in ipr.link_lookup(ifname=DOCKER_BRIDGE):
+                ipr.link("del", index=index)
+
+
 # ---------------------------------------------------------------- the engine
 
 
@@ -186,6 +267,7 @@ class DockerEngine:
         self.started_pid: int | None = None  # the dockerd WE started, if any
         self._proc: subprocess.Popen[bytes] | None = None
         self._saved_sysctls: dict[str, str] = {}
+        self._saved_host: dict[str, Any] | None = None  # host_network_state() before our dockerd
         self._state = _State(state_dir)
 
     @property
@@ -216,6 +298,7 @@ class DockerEngine:
             return False
         self.started_pid = entry["pid"]
         self._saved_sysctls = entry.get("sysctls", {})
+        self._saved_host = entry.get("host")
         return True
 
     def ensure_running(self, timeout: float = 30.0) -> docker.DockerClient:
@@ -242,6 +325,7 @@ class DockerEngine:
         self._saved_sysctls = {
             name: value for name in ENGINE_SYSCTLS if (value := read_sysctl(name)) is not None
         }
+        self._saved_host = host_network_state()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
@@ -258,9 +342,15 @@ class DockerEngine:
                     "no Docker engine answers and `dockerd` is not installed"
                 ) from exc
         self.started_pid = self._proc.pid
+        self.save_state()
+
+    def save_state(self) -> None:
+        """The dockerd we started, and the host as it was before it, for a
+        later process's stop()."""
         self._state.set(
             "dockerd",
-            {"pid": self.started_pid, "socket": self.socket, "sysctls": self._saved_sysctls},
+            {"pid": self.started_pid, "socket": self.socket, "sysctls": self._saved_sysctls,
+             "host": self._saved_host},
         )
 
     def _log_tail(self) -> str:
@@ -290,9 +380,17 @@ class DockerEngine:
         for name, value in self._saved_sysctls.items():
             if read_sysctl(name) != value:
                 write_sysctl(name, value)
+        saved_host, self._saved_host = self._saved_host, None
         self._saved_sysctls = {}
         self.started_pid = None
         self._state.set("dockerd", None)
+        if saved_host:
+            try:
+                put_back_host_network(saved_host)
+            except (OSError, subprocess.CalledProcessError, NetlinkError) as exc:
+                detail = getattr(exc, "stderr", "") or exc
+                raise CntraceError(f"dockerd stopped, but what it left on the host could "
+                                   f"not be removed: {str(detail).strip()}") from exc
 
 
 # ---------------------------------------------------------------- the image

@@ -163,9 +163,10 @@ def kill_and_restart_dockerd(engine, while_down: Callable[[], object] | None = N
     it is reaped, containerd.pid names a zombie that looks alive, and the new
     dockerd waits for it until its start times out; where PID 1 reaps no
     orphans (this project's sandbox), nobody would. So this process is the
-    orphans' reaper for the moment of the kill. The sysctls the engine saw
-    before the first dockerd stay the ones engine.stop() restores: a second
-    start would otherwise record dockerd's own values as the host's.
+    orphans' reaper for the moment of the kill. The sysctls and the host's
+    network (docker0, rules) that the engine saw before the first dockerd
+    stay the ones engine.stop() puts back: a second start would otherwise
+    record dockerd's own as the host's.
     """
     import ctypes
 
@@ -173,6 +174,7 @@ def kill_and_restart_dockerd(engine, while_down: Callable[[], object] | None = N
     libc = ctypes.CDLL(None, use_errno=True)
     pid = engine.started_pid
     original_sysctls = dict(engine._saved_sysctls)
+    original_host = engine._saved_host
     children = child_pids(pid)
     libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
     try:
@@ -198,21 +200,23 @@ def kill_and_restart_dockerd(engine, while_down: Callable[[], object] | None = N
         if while_down is not None:
             while_down()
     finally:
-        _restart(engine, original_sysctls)
+        _restart(engine, original_sysctls, original_host)
 
 
-def _restart(engine, original_sysctls: dict[str, str]) -> None:
-    from tracer.testbed import write_sysctl
+def _restart(engine, original_sysctls: dict[str, str], original_host) -> None:
+    from tracer.testbed import put_back_host_network, write_sysctl
 
     try:
         engine.ensure_running(timeout=60)
     except Exception:
         for name, value in original_sysctls.items():   # no engine of ours is left
             write_sysctl(name, value)
+        if original_host:
+            put_back_host_network(original_host)
         raise
     engine._saved_sysctls = original_sysctls
-    engine._state.set("dockerd", {"pid": engine.started_pid, "socket": engine.socket,
-                                  "sysctls": original_sysctls})
+    engine._saved_host = original_host
+    engine.save_state()
 
 
 def bpf_held(pid: int) -> dict[str, set[int]]:
