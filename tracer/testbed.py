@@ -27,6 +27,7 @@ import io
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -207,7 +208,8 @@ def put_back_host_network(saved: dict[str, Any]) -> None:
         if before is None or now is None:
             continue
         version = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
-        restore, gone = rules_to_put_back(before, now, nft="nf_tables" in version)
+        nft = "nf_tables" in version and shutil.which("nft") is not None
+        restore, gone = rules_to_put_back(before, now, nft=nft)
         if restore:
             subprocess.run([f"{tool}-restore"], input=restore, text=True, check=True,
                            capture_output=True)
