@@ -15,7 +15,8 @@ No image registry is reachable, so the container image is built locally from
 Debian's busybox-static. When no Docker engine answers, `DockerEngine` starts
 `dockerd` itself and later stops only that one. What must survive between
 `cntrace testbed up` and a later `down` in another process (the dockerd we
-started, sysctls we changed) lives in a small JSON state file.
+started, the sysctls, bridge and iptables rules as they were before it)
+lives in a small JSON state file.
 
 Used by pytest fixtures (tests/conftest.py) and by `cntrace testbed up|down|status`.
 """
