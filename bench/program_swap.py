@@ -15,10 +15,15 @@ The ratio is to the floor (empty programs on the same links).  The first
 row swaps empty programs for empty ones: what the method reads when there
 is nothing to find.  The rows "linked and unlinked" measure against no
 programs at all: the daemon's links are detached, and its programs (or
-empty ones, the floor) are linked at the same points in every other window
-and unlinked in the rest.  What a link costs takes about a second to show
-in the rate (BENCHMARKS.md: the floor reads 1.000 in windows of 0.1 s and
-0.982 in windows of 2 s), so take these rows with --window 2 or more.
+empty ones, the floor) are linked at the same points in half the windows
+and unlinked in the rest; the rows "one empty program" link one at a single
+point of the path a -> b, in b's netns for its eth0.  Windows come in the
+order on, off, off, on (ORDER).  Take the linked rows with --window 2 or
+more: in windows of 0.1 s they read 1.00 for empty programs and for the
+daemon's alike, in the same floods where windows of 2 s read 0.97 and 0.96
+and where program-cost puts the daemon's programs alone at about 1% of the
+sending CPU (BENCHMARKS.md); short windows do not see what a link costs,
+for a reason not yet known.
 The daemon's user space runs in both kinds of window, and is not measured
 here; nor is the classic tc path (tcx only).
 
@@ -32,20 +37,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import statistics
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchlib import Daemon, flood, iperf_server, spread, standalone
+from benchlib import Daemon, flood, host_veth, iperf_server, spread, standalone
 from overhead import EMPTY_PROGRAMS
 
 from tracer.kernel import bpflink
+from tracer.ping.netns import run_in
 
 AA = "empty programs swapped for empty ones (the method's own reading)"
 LINKED_FLOOR = "linked and unlinked: empty programs (the floor)"
 LINKED_DAEMON = "linked and unlinked: `cntrace daemon`'s programs"
+# One empty program at one point on the path of a -> b: which hook the floor
+# is paid at, and whether the program into b costs less in b's own netns.
+AT_ONE_POINT = "linked and unlinked: one empty program at "
+POINTS = ("a's host veth ingress (from a)", "b's host veth egress (into b)",
+          "b's eth0 ingress, in b's netns (into b)")
 
 
 @dataclasses.dataclass
@@ -88,8 +100,9 @@ class Linked:
     the windows on, and nothing linked in the others; each change made
     between two windows, so neither kind of window pays for it."""
 
-    def __init__(self, points: list[tuple[int, int, int]]) -> None:
+    def __init__(self, points: list[tuple[int, int, int]], netns: str | None = None) -> None:
         self.points = points   # (program fd, ifindex, attach type)
+        self.netns = netns     # where the ifindexes are (None: our own netns)
         self.fds: list[int] = []
 
     def __call__(self, on: bool) -> None:
@@ -97,7 +110,8 @@ class Linked:
             self.unlink()
         elif not self.fds:
             for program, ifindex, attach_type in self.points:
-                self.fds.append(bpflink.tcx_link_create(program, ifindex, attach_type))
+                self.fds.append(run_in(self.netns, lambda p=program, i=ifindex, t=attach_type:
+                                       bpflink.tcx_link_create(p, i, t)))
 
     def unlink(self) -> None:
         for fd in self.fds:
@@ -116,19 +130,27 @@ def empty_program() -> Iterator[int]:
         bpf.cleanup()
 
 
+# The kinds of window in the order taken: on, off, off, on, ...  A drift of
+# the machine's speed that is steady over four windows falls on both kinds
+# alike, where strict alternation would give it to whichever came first.
+ORDER = (True, False, False, True)
+
+
 def swapped_flood(a, b, udp: bool, seconds: float, window: float, swap) -> float:
-    """One flood with swap(True/False) every window; the ratio of the mean
-    rates of its two kinds of window."""
+    """One flood with swap(True/False) before each window whose kind
+    differs from the last (ORDER); the ratio of the mean rates of its two
+    kinds of window."""
     rates: dict[bool, list[float]] = {True: [], False: []}
-    on = True
     with flood(a, b, udp) as rate:
         try:
-            swap(on)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            swap(True)
+            end, taken = time.monotonic() + seconds, 0
+            while time.monotonic() < end or taken % len(ORDER):
+                on = ORDER[taken % len(ORDER)]
                 rates[on].append(rate(window))
-                on = not on
-                swap(on)
+                taken += 1
+                if ORDER[taken % len(ORDER)] != on:
+                    swap(not on)
         finally:
             swap(True)
     return statistics.mean(rates[True]) / statistics.mean(rates[False])
@@ -170,6 +192,10 @@ def run(info, args) -> list[str]:
                   if not args.mode or any(text in name for text in args.mode)]
         if linked:
             lines += ["", *linked_rows(a, b, args, empty, linked)]
+        points = [point for point in POINTS
+                  if not args.mode or any(text in AT_ONE_POINT + point for text in args.mode)]
+        if points:
+            lines += ["", *point_rows(a, b, args, empty, points)]
     return lines
 
 
@@ -199,6 +225,30 @@ def linked_rows(a, b, args, empty: int, names: list[str]) -> list[str]:
                 print(lines[-1], file=sys.stderr, flush=True)
         finally:
             close_links(handles)
+    return lines
+
+
+def point_rows(a, b, args, empty: int, points: list[str]) -> list[str]:
+    """An empty program linked and unlinked at one point (POINTS), no other
+    program of ours anywhere: the ratio to no programs at all."""
+    lines = [f"| one empty program, linked and unlinked (ratio to no programs; n={args.reps} "
+             f"floods of {args.flood_seconds:g} s, windows of {args.window:g} s) | "
+             "UDP 64B packets/s | TCP throughput |", "|---|---|---|"]
+    b_netns = f"/proc/{b.pid}/ns/net"
+    where = {POINTS[0]: (host_veth(a.pid), bpflink.BPF_TCX_INGRESS, None),
+             POINTS[1]: (host_veth(b.pid), bpflink.BPF_TCX_EGRESS, None),
+             POINTS[2]: ("eth0", bpflink.BPF_TCX_INGRESS, b_netns)}
+    for point in points:
+        ifname, attach_type, netns = where[point]
+        ifindex = run_in(netns, lambda name=ifname: socket.if_nametoindex(name))
+        linked = Linked([(empty, ifindex, attach_type)], netns)
+        try:
+            ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window, linked)
+                            for _ in range(args.reps)] for udp in (True, False)}
+        finally:
+            linked.unlink()
+        lines.append(f"| {point} | {spread(ratios[True])} | {spread(ratios[False])} |")
+        print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
 
