@@ -199,6 +199,18 @@ def run(info, args) -> list[str]:
     return lines
 
 
+def linked_row(name: str, a, b, args, linked: Linked) -> str:
+    """The table row of --reps floods per protocol swapping `linked`."""
+    try:
+        ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window, linked)
+                        for _ in range(args.reps)] for udp in (True, False)}
+    finally:
+        linked.unlink()
+    row = f"| {name} | {spread(ratios[True])} | {spread(ratios[False])} |"
+    print(row, file=sys.stderr, flush=True)
+    return row
+
+
 def linked_rows(a, b, args, empty: int, names: list[str]) -> list[str]:
     """The daemon's links detached, and its programs (or empty ones) linked
     and unlinked at the same points within each flood: the ratio to no
@@ -215,14 +227,7 @@ def linked_rows(a, b, args, empty: int, names: list[str]) -> list[str]:
             for name in names:
                 linked = Linked([(empty if name == LINKED_FLOOR else handle.program,
                                   handle.ifindex, handle.attach_type) for handle in handles])
-                try:
-                    ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window,
-                                                  linked) for _ in range(args.reps)]
-                              for udp in (True, False)}
-                finally:
-                    linked.unlink()
-                lines.append(f"| {name} | {spread(ratios[True])} | {spread(ratios[False])} |")
-                print(lines[-1], file=sys.stderr, flush=True)
+                lines.append(linked_row(name, a, b, args, linked))
         finally:
             close_links(handles)
     return lines
@@ -242,13 +247,7 @@ def point_rows(a, b, args, empty: int, points: list[str]) -> list[str]:
         ifname, attach_type, netns = where[point]
         ifindex = run_in(netns, lambda name=ifname: socket.if_nametoindex(name))
         linked = Linked([(empty, ifindex, attach_type)], netns)
-        try:
-            ratios = {udp: [swapped_flood(a, b, udp, args.flood_seconds, args.window, linked)
-                            for _ in range(args.reps)] for udp in (True, False)}
-        finally:
-            linked.unlink()
-        lines.append(f"| {point} | {spread(ratios[True])} | {spread(ratios[False])} |")
-        print(lines[-1], file=sys.stderr, flush=True)
+        lines.append(linked_row(point, a, b, args, linked))
     return lines
 
 
